@@ -1,0 +1,364 @@
+//! Model bundles: the manifest (`dpir.json`), its graphs and precomputed prompts, checked against each other.
+//!
+//! The contract is the README's "Model bundle" section. Every model number the pipeline uses comes from here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::runtime::{Graph, TensorInfo};
+
+/// The manifest format this runtime reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// File name of the manifest inside a bundle directory.
+pub const MANIFEST_FILE: &str = "dpir.json";
+
+/// `dpir.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Element type of the graphs' floating inputs and outputs: float32, float16 or bfloat16.
+    pub dtype: String,
+    pub latent: LatentSpec,
+    pub transformer: TransformerSpec,
+    pub clip: ClipSpec,
+    pub text: TextSpec,
+    pub scheduler: SchedulerSpec,
+    pub defaults: Defaults,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentSpec {
+    pub channels: usize,
+    pub downscale: usize,
+    pub scaling_factor: f32,
+    pub shift_factor: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerSpec {
+    pub patch_size: usize,
+    /// Largest number of patches per side in one pass (the position-embedding grid).
+    pub max_patches: usize,
+    pub context_width: usize,
+    pub pooled_width: usize,
+}
+
+/// Which image CLIP sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipInput {
+    /// The (upsampled) low-quality input, as the released script does.
+    Lq,
+    /// `D(E_dr(LQ))`, as the paper's figure does.
+    InitialRestoration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipSpec {
+    pub image_size: usize,
+    pub resize: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub local_tokens: usize,
+    pub local_width: usize,
+    pub global_width: usize,
+    pub clip_tokens: usize,
+    pub global_tile: usize,
+    pub global_overlap: usize,
+    pub input: ClipInput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    pub tokens: usize,
+    pub width: usize,
+    /// `"zeros"` or a key of `prompts`.
+    pub default: String,
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub shift: f64,
+    pub train_timesteps: u32,
+    pub steps: usize,
+}
+
+/// How the colour of the result is tied back to the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColorFix {
+    /// High frequencies of the result + low frequencies of the input (StableSR's wavelet fix).
+    Wavelet,
+    /// The decoder's output as it is.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub guidance: f32,
+    pub seed: u64,
+    pub color_fix: ColorFix,
+    pub latent_tile: usize,
+    pub latent_overlap: usize,
+}
+
+/// The graphs of a bundle, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    VaeEncoder,
+    VaeDecoder,
+    ClipLocal,
+    ClipGlobal,
+    Transformer,
+}
+
+impl Role {
+    pub(crate) const ALL: [Role; 5] =
+        [Role::VaeEncoder, Role::VaeDecoder, Role::ClipLocal, Role::ClipGlobal, Role::Transformer];
+
+    pub(crate) fn file_name(self) -> &'static str {
+        match self {
+            Role::VaeEncoder => "vae_encoder.onnx",
+            Role::VaeDecoder => "vae_decoder.onnx",
+            Role::ClipLocal => "clip_local.onnx",
+            Role::ClipGlobal => "clip_global.onnx",
+            Role::Transformer => "transformer.onnx",
+        }
+    }
+}
+
+/// An expected tensor: name and, per axis, a fixed size or `None` for a dynamic axis.
+struct Expected {
+    name: &'static str,
+    shape: Vec<Option<usize>>,
+}
+
+fn fixed(name: &'static str, shape: &[Option<usize>]) -> Expected {
+    Expected { name, shape: shape.to_vec() }
+}
+
+impl Manifest {
+    /// Reads and checks `DIR/dpir.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        if !dir.is_dir() {
+            return Err(Error::bundle(dir, "not a directory (a model bundle is a directory holding dpir.json)"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| Error::bundle(&path, format!("invalid manifest: {e}")))?;
+        manifest.check(&path)?;
+        Ok(manifest)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, why: String| Error::bundle(path, format!("{field}: {why}"));
+        if self.format != "dpir-bundle" {
+            return Err(bad("format", format!("expected \"dpir-bundle\", found {:?}", self.format)));
+        }
+        if self.format_version != FORMAT_VERSION {
+            return Err(bad(
+                "format_version",
+                format!("this runtime reads version {FORMAT_VERSION}, found {}", self.format_version),
+            ));
+        }
+        if !["float32", "float16", "bfloat16"].contains(&self.dtype.as_str()) {
+            return Err(bad("dtype", format!("expected float32, float16 or bfloat16, found {:?}", self.dtype)));
+        }
+        let positive = [
+            ("latent.channels", self.latent.channels),
+            ("latent.downscale", self.latent.downscale),
+            ("transformer.patch_size", self.transformer.patch_size),
+            ("transformer.max_patches", self.transformer.max_patches),
+            ("transformer.context_width", self.transformer.context_width),
+            ("clip.image_size", self.clip.image_size),
+            ("clip.local_tokens", self.clip.local_tokens),
+            ("clip.local_width", self.clip.local_width),
+            ("clip.global_width", self.clip.global_width),
+            ("clip.clip_tokens", self.clip.clip_tokens),
+            ("clip.global_tile", self.clip.global_tile),
+            ("text.tokens", self.text.tokens),
+            ("text.width", self.text.width),
+            ("scheduler.steps", self.scheduler.steps),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(bad(field, "must be at least 1".into()));
+            }
+        }
+        if self.transformer.pooled_width != self.clip.local_width + self.clip.global_width {
+            return Err(bad(
+                "transformer.pooled_width",
+                format!(
+                    "must equal clip.local_width + clip.global_width = {}, found {}",
+                    self.clip.local_width + self.clip.global_width,
+                    self.transformer.pooled_width
+                ),
+            ));
+        }
+        if self.transformer.pooled_width > self.transformer.context_width || self.text.width > self.transformer.context_width {
+            return Err(bad("transformer.context_width", "must be at least pooled_width and text.width".into()));
+        }
+        if self.clip.global_overlap >= self.clip.global_tile {
+            return Err(bad("clip.global_overlap", "must be smaller than clip.global_tile".into()));
+        }
+        if self.clip.resize != "bicubic" {
+            return Err(bad("clip.resize", format!("only \"bicubic\" is supported, found {:?}", self.clip.resize)));
+        }
+        if self.clip.std.iter().any(|&s| s <= 0.0) {
+            return Err(bad("clip.std", "must be positive".into()));
+        }
+        if self.scheduler.kind != "flow_match_euler" {
+            return Err(bad("scheduler.type", format!("only \"flow_match_euler\" is supported, found {:?}", self.scheduler.kind)));
+        }
+        if !(self.scheduler.shift > 0.0) || self.scheduler.train_timesteps == 0 {
+            return Err(bad("scheduler", "shift must be positive and train_timesteps at least 1".into()));
+        }
+        if self.text.default != "zeros" && !self.text.prompts.contains_key(&self.text.default) {
+            return Err(bad("text.default", format!("{:?} is neither \"zeros\" nor a key of text.prompts", self.text.default)));
+        }
+        if !(self.latent.scaling_factor.is_finite() && self.latent.scaling_factor != 0.0 && self.latent.shift_factor.is_finite()) {
+            return Err(bad("latent", "scaling_factor must be finite and non-zero, shift_factor finite".into()));
+        }
+        Ok(())
+    }
+
+    /// Pixel sizes of one pass must be multiples of this.
+    pub fn pixel_multiple(&self) -> usize {
+        self.latent.downscale * self.transformer.patch_size
+    }
+
+    /// Largest pixel size per side of one pass.
+    pub fn max_pass_size(&self) -> usize {
+        self.pixel_multiple() * self.transformer.max_patches
+    }
+
+    /// Context tokens: CLIP block + text block.
+    pub fn context_tokens(&self) -> usize {
+        self.clip.clip_tokens + self.text.tokens
+    }
+
+    /// What each graph must declare, in the manifest's numbers.
+    fn expected(&self, role: Role) -> (Vec<Expected>, Vec<Expected>) {
+        let c = Some(self.latent.channels);
+        let clip = Some(self.clip.image_size);
+        match role {
+            Role::VaeEncoder => (
+                vec![fixed("image", &[None, Some(3), None, None])],
+                vec![fixed("mean", &[None, c, None, None]), fixed("logvar", &[None, c, None, None])],
+            ),
+            Role::VaeDecoder => {
+                (vec![fixed("latent", &[None, c, None, None])], vec![fixed("image", &[None, Some(3), None, None])])
+            }
+            Role::ClipLocal => (
+                vec![fixed("pixel_values", &[None, Some(3), clip, clip])],
+                vec![fixed(
+                    "last_hidden_state",
+                    &[None, Some(self.clip.local_tokens), Some(self.clip.local_width)],
+                )],
+            ),
+            Role::ClipGlobal => (
+                vec![fixed("pixel_values", &[None, Some(3), clip, clip])],
+                vec![fixed("image_embeds", &[None, Some(self.clip.global_width)])],
+            ),
+            Role::Transformer => (
+                vec![
+                    fixed("hidden_states", &[None, c, None, None]),
+                    fixed("timestep", &[None]),
+                    fixed("lq_latent", &[None, c, None, None]),
+                    fixed(
+                        "encoder_hidden_states",
+                        &[None, Some(self.context_tokens()), Some(self.transformer.context_width)],
+                    ),
+                    fixed("pooled_projections", &[None, Some(self.transformer.pooled_width)]),
+                ],
+                vec![fixed("velocity", &[None, c, None, None])],
+            ),
+        }
+    }
+
+    /// Checks a loaded graph's inputs and outputs against the manifest.
+    pub(crate) fn check_graph(&self, role: Role, graph: &Graph) -> Result<()> {
+        let (inputs, outputs) = self.expected(role);
+        check_tensors(graph.file(), "input", &inputs, graph.inputs(), &self.dtype)?;
+        check_tensors(graph.file(), "output", &outputs, graph.outputs(), &self.dtype)
+    }
+}
+
+fn check_tensors(file: &Path, what: &str, expected: &[Expected], found: &[TensorInfo], dtype: &str) -> Result<()> {
+    let mismatch = |field: String, expected: String, found: String| Error::GraphMismatch {
+        file: file.to_path_buf(),
+        field,
+        expected,
+        found,
+    };
+    for want in expected {
+        let Some(have) = found.iter().find(|t| t.name == want.name) else {
+            let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+            return Err(mismatch(format!("{what} `{}`", want.name), "present".into(), format!("only {names:?}")));
+        };
+        // `timestep` is a float like the rest; every tensor of the contract is floating.
+        if have.element != dtype {
+            return Err(mismatch(format!("{what} `{}` element type", want.name), dtype.into(), have.element.clone()));
+        }
+        if have.shape.len() != want.shape.len() {
+            return Err(mismatch(
+                format!("{what} `{}` rank", want.name),
+                want.shape.len().to_string(),
+                have.shape.len().to_string(),
+            ));
+        }
+        for (axis, (w, h)) in want.shape.iter().zip(&have.shape).enumerate() {
+            if let (Some(w), Some(h)) = (w, h) {
+                if *w as i64 != *h {
+                    return Err(mismatch(format!("{what} `{}` axis {axis}", want.name), w.to_string(), h.to_string()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A loaded text block (text.tokens, text.width), float32.
+pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result<Array2<f32>> {
+    let shape = (manifest.text.tokens, manifest.text.width);
+    if name == "zeros" {
+        return Ok(Array2::zeros(shape));
+    }
+    let relative = manifest.text.prompts.get(name).ok_or_else(|| {
+        let known: Vec<&String> = manifest.text.prompts.keys().collect();
+        Error::InvalidOptions(format!("prompt {name:?} is not in the bundle (it has \"zeros\" and {known:?})"))
+    })?;
+    let path: PathBuf = dir.join(relative);
+    let array: Array2<f32> = ndarray_npy::read_npy(&path)
+        .map_err(|e| Error::bundle(&path, format!("cannot read prompt embedding: {e}")))?;
+    if array.dim() != shape {
+        return Err(Error::GraphMismatch {
+            file: path,
+            field: "prompt embedding shape".into(),
+            expected: format!("{shape:?} (text.tokens, text.width)"),
+            found: format!("{:?}", array.dim()),
+        });
+    }
+    Ok(array)
+}

@@ -1,0 +1,37 @@
+//! dpir: DPIR ("Dual Prompting Image Restoration with Diffusion Transformers") inference on ONNX Runtime.
+//!
+//! Load a model bundle once with [`Restorer::load`], then restore [`Image`]s from any thread:
+//!
+//! ```no_run
+//! use dpir::{Image, PixelLayout, RestoreOptions, Restorer, RuntimeOptions, SampleType};
+//! # fn main() -> dpir::Result<()> {
+//! let restorer = Restorer::load("tests/fixtures/bundles/oracle", &RuntimeOptions::default())?;
+//! let pixels = vec![128u8; 64 * 48 * 3];
+//! let layout = PixelLayout::packed(64, 48, 3, SampleType::U8);
+//! let image = Image::from_pixels(&layout, &pixels)?;
+//! let restored = restorer.restore(&image, &RestoreOptions { steps: Some(4), ..Default::default() })?;
+//! assert_eq!((restored.width(), restored.height()), (64, 48));
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod bundle;
+mod colour;
+mod error;
+mod noise;
+pub mod pixels;
+mod prompt;
+mod resample;
+mod restore;
+mod runtime;
+mod schedule;
+
+pub use bundle::{ClipInput, ColorFix, Manifest};
+pub use error::{Error, ErrorKind, Result};
+pub use pixels::{AlphaMode, Image, PixelLayout, SampleType, Transfer};
+pub use restore::{CancelToken, Progress, ProgressFn, Restoration, RestoreOptions, Restorer, Stage, Stats};
+pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
+
+/// The crate version, as `major.minor.patch`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,332 @@
+//! Images as the pipeline sees them (planar float RGB, sRGB-encoded, straight alpha carried aside), and the
+//! conversions from and to the interleaved buffers hosts hand over.
+
+use half::f16;
+use ndarray::{Array2, Array3};
+
+use crate::error::{Error, Result};
+
+/// Largest width or height accepted anywhere (pixels).
+pub const MAX_SIDE: usize = 1 << 16;
+
+/// How one sample is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleType {
+    U8,
+    U16,
+    F16,
+    F32,
+}
+
+impl SampleType {
+    /// Bytes per sample.
+    pub fn size(self) -> usize {
+        match self {
+            SampleType::U8 => 1,
+            SampleType::U16 | SampleType::F16 => 2,
+            SampleType::F32 => 4,
+        }
+    }
+}
+
+/// Whether colour samples are multiplied by alpha.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaMode {
+    #[default]
+    Straight,
+    Premultiplied,
+}
+
+/// How colour samples encode light.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transfer {
+    /// sRGB-encoded (what the model was trained on).
+    #[default]
+    Srgb,
+    /// Linear light; converted to sRGB encoding for the model and back.
+    Linear,
+}
+
+/// Describes an interleaved pixel buffer.
+///
+/// Row `y` starts at byte `y * stride` when `stride >= 0`. With a negative stride (bottom-up hosts) the buffer
+/// handed over starts at the lowest address, which holds the last row, and row `y` starts at
+/// `(height - 1 - y) * |stride|`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelLayout {
+    pub width: usize,
+    pub height: usize,
+    /// 1 (gray), 3 (RGB) or 4 (RGBA).
+    pub channels: usize,
+    pub sample: SampleType,
+    pub alpha: AlphaMode,
+    pub transfer: Transfer,
+    /// Bytes from one row to the next; negative for bottom-up buffers.
+    pub stride: isize,
+}
+
+impl PixelLayout {
+    /// A tightly packed, top-down, sRGB-encoded, straight-alpha layout.
+    pub fn packed(width: usize, height: usize, channels: usize, sample: SampleType) -> PixelLayout {
+        let stride = (width * channels * sample.size()) as isize;
+        PixelLayout { width, height, channels, sample, alpha: AlphaMode::Straight, transfer: Transfer::Srgb, stride }
+    }
+
+    /// Bytes of one row's pixels (without padding).
+    pub fn row_bytes(&self) -> Option<usize> {
+        self.width.checked_mul(self.channels)?.checked_mul(self.sample.size())
+    }
+
+    /// Checks the description and returns the number of bytes a buffer must span.
+    pub fn validate(&self) -> Result<usize> {
+        let bad = |why: String| Err(Error::InvalidImage(why));
+        if self.width == 0 || self.height == 0 {
+            return bad(format!("{}x{} has no pixels", self.width, self.height));
+        }
+        if self.width > MAX_SIDE || self.height > MAX_SIDE {
+            return bad(format!("{}x{} exceeds the largest side of {MAX_SIDE} pixels", self.width, self.height));
+        }
+        if ![1, 3, 4].contains(&self.channels) {
+            return bad(format!("{} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)", self.channels));
+        }
+        if self.alpha == AlphaMode::Premultiplied && self.channels != 4 {
+            return bad("premultiplied alpha needs 4 channels".into());
+        }
+        let Some(row) = self.row_bytes() else { return bad("row size overflows".into()) };
+        let stride = self.stride.unsigned_abs();
+        if stride < row {
+            return bad(format!("row stride {} is smaller than a row of {row} bytes", self.stride));
+        }
+        match stride.checked_mul(self.height - 1).and_then(|n| n.checked_add(row)) {
+            Some(span) if span <= isize::MAX as usize => Ok(span),
+            _ => bad("buffer size overflows".into()),
+        }
+    }
+
+    fn row_offset(&self, y: usize) -> usize {
+        let stride = self.stride.unsigned_abs();
+        if self.stride >= 0 { y * stride } else { (self.height - 1 - y) * stride }
+    }
+}
+
+/// An image in the pipeline's terms: (3, H, W) sRGB-encoded RGB in [0, 1], and straight alpha when the source
+/// had it (carried through untouched, never restored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    rgb: Array3<f32>,
+    alpha: Option<Array2<f32>>,
+}
+
+impl Image {
+    /// Wraps planar RGB (3, H, W); values are clamped to [0, 1] when used.
+    pub fn from_planes(rgb: Array3<f32>, alpha: Option<Array2<f32>>) -> Result<Image> {
+        let (c, h, w) = rgb.dim();
+        if c != 3 || h == 0 || w == 0 {
+            return Err(Error::InvalidImage(format!("planes of shape {:?}; expected (3, H>0, W>0)", rgb.dim())));
+        }
+        if let Some(a) = &alpha {
+            if a.dim() != (h, w) {
+                return Err(Error::InvalidImage("alpha plane size differs from the colour planes".into()));
+            }
+        }
+        if rgb.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidImage("colour samples must be finite".into()));
+        }
+        Ok(Image { rgb, alpha })
+    }
+
+    /// Reads an interleaved buffer described by `layout`.
+    pub fn from_pixels(layout: &PixelLayout, bytes: &[u8]) -> Result<Image> {
+        let span = layout.validate()?;
+        if bytes.len() < span {
+            return Err(Error::InvalidImage(format!("buffer holds {} bytes; the layout needs {span}", bytes.len())));
+        }
+        let (w, h, n) = (layout.width, layout.height, layout.channels);
+        let mut rgb = Array3::<f32>::zeros((3, h, w));
+        let mut alpha = (n == 4).then(|| Array2::<f32>::zeros((h, w)));
+        let mut px = [0f32; 4];
+        for y in 0..h {
+            let row = &bytes[layout.row_offset(y)..];
+            for x in 0..w {
+                for (c, value) in px.iter_mut().enumerate().take(n) {
+                    *value = read_sample(row, (x * n + c) * layout.sample.size(), layout.sample);
+                }
+                let a = if n == 4 { px[3] } else { 1.0 };
+                let mut colour = if n == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+                if !colour.iter().chain([&a]).all(|v| v.is_finite()) {
+                    return Err(Error::InvalidImage(format!("sample at ({x}, {y}) is not finite")));
+                }
+                if layout.alpha == AlphaMode::Premultiplied {
+                    colour = colour.map(|v| if a > 0.0 { v / a } else { 0.0 });
+                }
+                if layout.transfer == Transfer::Linear {
+                    colour = colour.map(linear_to_srgb);
+                }
+                for c in 0..3 {
+                    rgb[[c, y, x]] = colour[c].clamp(0.0, 1.0);
+                }
+                if let Some(alpha) = alpha.as_mut() {
+                    alpha[[y, x]] = a;
+                }
+            }
+        }
+        Ok(Image { rgb, alpha })
+    }
+
+    /// Writes into an interleaved buffer described by `layout`, which must have this image's size. Gray
+    /// destinations receive Rec. 709 luma; a destination alpha channel receives the carried alpha (1 if none).
+    pub fn write_pixels(&self, layout: &PixelLayout, bytes: &mut [u8]) -> Result<()> {
+        let span = layout.validate()?;
+        if (layout.width, layout.height) != (self.width(), self.height()) {
+            return Err(Error::InvalidImage(format!(
+                "destination is {}x{}, the image {}x{}",
+                layout.width,
+                layout.height,
+                self.width(),
+                self.height()
+            )));
+        }
+        if bytes.len() < span {
+            return Err(Error::InvalidImage(format!("buffer holds {} bytes; the layout needs {span}", bytes.len())));
+        }
+        let n = layout.channels;
+        for y in 0..layout.height {
+            let offset = layout.row_offset(y);
+            let row = &mut bytes[offset..];
+            for x in 0..layout.width {
+                let a = self.alpha.as_ref().map_or(1.0, |alpha| alpha[[y, x]]);
+                let mut colour = [self.rgb[[0, y, x]], self.rgb[[1, y, x]], self.rgb[[2, y, x]]];
+                if layout.transfer == Transfer::Linear {
+                    colour = colour.map(srgb_to_linear);
+                }
+                if layout.alpha == AlphaMode::Premultiplied {
+                    colour = colour.map(|v| v * a);
+                }
+                let px = match n {
+                    1 => [0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2], 0.0, 0.0, 0.0],
+                    3 => [colour[0], colour[1], colour[2], 0.0],
+                    _ => [colour[0], colour[1], colour[2], a],
+                };
+                for (c, &value) in px.iter().enumerate().take(n) {
+                    write_sample(row, (x * n + c) * layout.sample.size(), layout.sample, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.rgb.dim().2
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.rgb.dim().1
+    }
+
+    /// The colour planes, (3, H, W).
+    pub fn rgb(&self) -> &Array3<f32> {
+        &self.rgb
+    }
+
+    /// The straight alpha plane, when the source had one.
+    pub fn alpha(&self) -> Option<&Array2<f32>> {
+        self.alpha.as_ref()
+    }
+}
+
+fn read_sample(row: &[u8], at: usize, sample: SampleType) -> f32 {
+    match sample {
+        SampleType::U8 => row[at] as f32 / 255.0,
+        SampleType::U16 => u16::from_ne_bytes([row[at], row[at + 1]]) as f32 / 65535.0,
+        SampleType::F16 => f16::from_ne_bytes([row[at], row[at + 1]]).to_f32(),
+        SampleType::F32 => f32::from_ne_bytes(row[at..at + 4].try_into().expect("4 bytes")),
+    }
+}
+
+fn write_sample(row: &mut [u8], at: usize, sample: SampleType, value: f32) {
+    match sample {
+        SampleType::U8 => row[at] = (value.clamp(0.0, 1.0) * 255.0).round() as u8,
+        SampleType::U16 => {
+            let v = (value.clamp(0.0, 1.0) * 65535.0).round() as u16;
+            row[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+        }
+        SampleType::F16 => row[at..at + 2].copy_from_slice(&f16::from_f32(value).to_ne_bytes()),
+        SampleType::F32 => row[at..at + 4].copy_from_slice(&value.to_ne_bytes()),
+    }
+}
+
+/// The sRGB encoding curve (IEC 61966-2-1).
+pub fn linear_to_srgb(v: f32) -> f32 {
+    if v <= 0.003_130_8 { 12.92 * v } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 }
+}
+
+/// The inverse of [`linear_to_srgb`].
+pub fn srgb_to_linear(v: f32) -> f32 {
+    if v <= 0.040_45 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(layout: PixelLayout, bytes: &[u8]) -> Vec<u8> {
+        let image = Image::from_pixels(&layout, bytes).unwrap();
+        let mut out = vec![0u8; bytes.len()];
+        image.write_pixels(&layout, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn eight_and_sixteen_bit_round_trip_exactly() {
+        let bytes: Vec<u8> = (0..5 * 3 * 4).map(|i| (i * 37 % 256) as u8).collect();
+        assert_eq!(roundtrip(PixelLayout::packed(5, 3, 4, SampleType::U8), &bytes), bytes);
+        let words: Vec<u8> = (0..4 * 2 * 3).flat_map(|i: u16| (i * 2731).to_ne_bytes()).collect();
+        assert_eq!(roundtrip(PixelLayout::packed(4, 2, 3, SampleType::U16), &words), words);
+    }
+
+    #[test]
+    fn negative_stride_reads_rows_bottom_up() {
+        // Two rows of one gray pixel; in memory the last row comes first.
+        let layout = PixelLayout { stride: -1, ..PixelLayout::packed(1, 2, 1, SampleType::U8) };
+        let image = Image::from_pixels(&layout, &[255, 0]).unwrap();
+        assert_eq!(image.rgb()[[0, 0, 0]], 0.0);
+        assert_eq!(image.rgb()[[0, 1, 0]], 1.0);
+        assert_eq!(roundtrip(layout, &[255, 0]), vec![255, 0]);
+    }
+
+    #[test]
+    fn premultiplied_and_linear_are_undone_and_redone() {
+        let px = [0.1f32, 0.2, 0.3, 0.5];
+        let bytes: Vec<u8> = px.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let layout = PixelLayout {
+            alpha: AlphaMode::Premultiplied,
+            transfer: Transfer::Linear,
+            ..PixelLayout::packed(1, 1, 4, SampleType::F32)
+        };
+        let image = Image::from_pixels(&layout, &bytes).unwrap();
+        assert!((image.rgb()[[0, 0, 0]] - linear_to_srgb(0.2)).abs() < 1e-6);
+        let back = roundtrip(layout, &bytes);
+        let values: Vec<f32> = back.chunks(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
+        for (a, b) in values.iter().zip(px) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_layouts() {
+        let ok = PixelLayout::packed(4, 4, 3, SampleType::U8);
+        for bad in [
+            PixelLayout { width: 0, ..ok },
+            PixelLayout { channels: 2, ..ok },
+            PixelLayout { stride: 11, ..ok },
+            PixelLayout { alpha: AlphaMode::Premultiplied, ..ok },
+            PixelLayout { width: MAX_SIDE + 1, ..ok },
+            PixelLayout { stride: isize::MAX, ..ok },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(Image::from_pixels(&ok, &[0u8; 47]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Execution providers: what the caller may ask for, and how each is registered.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ort::ep::{ExecutionProviderDispatch, CUDA, TensorRT};
+
+/// Where the graphs run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider. Always available.
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA on the given device. Needs `libonnxruntime_providers_cuda.so` (from `onnxruntime-gpu`) and the
+    /// CUDA 13 / cuDNN 9 libraries.
+    Cuda { device: i32 },
+    /// NVIDIA TensorRT on the given device, optionally in fp16, caching built engines in `engine_cache`.
+    /// Needs `libonnxruntime_providers_tensorrt.so` and TensorRT 10 (`libnvinfer`).
+    TensorRt { device: i32, fp16: bool, engine_cache: Option<PathBuf> },
+    /// The best provider that registers: TensorRT, then CUDA (device 0), then CPU.
+    Auto,
+}
+
+impl ExecutionProvider {
+    /// Parses `cpu`, `cuda`, `cuda:N`, `tensorrt`, `tensorrt:N` or `auto`.
+    pub fn parse(text: &str) -> Option<ExecutionProvider> {
+        let (name, device) = match text.split_once(':') {
+            Some((name, device)) => (name, device.parse().ok()?),
+            None => (text, 0),
+        };
+        match name {
+            "cpu" if !text.contains(':') => Some(ExecutionProvider::Cpu),
+            "cuda" => Some(ExecutionProvider::Cuda { device }),
+            "tensorrt" | "trt" => Some(ExecutionProvider::TensorRt { device, fp16: true, engine_cache: None }),
+            "auto" if !text.contains(':') => Some(ExecutionProvider::Auto),
+            _ => None,
+        }
+    }
+
+    /// The providers to try in order; the first that registers is used.
+    pub(crate) fn attempts(&self) -> Vec<ExecutionProvider> {
+        match self {
+            ExecutionProvider::Auto => vec![
+                ExecutionProvider::TensorRt { device: 0, fp16: true, engine_cache: None },
+                ExecutionProvider::Cuda { device: 0 },
+                ExecutionProvider::Cpu,
+            ],
+            other => vec![other.clone()],
+        }
+    }
+
+    /// The ONNX Runtime dispatch for this provider, set to fail loudly (no silent CPU fallback).
+    pub(crate) fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
+        match self {
+            ExecutionProvider::Cpu | ExecutionProvider::Auto => None,
+            ExecutionProvider::Cuda { device } => Some(CUDA::default().with_device_id(*device).build().error_on_failure()),
+            ExecutionProvider::TensorRt { device, fp16, engine_cache } => {
+                let mut trt = TensorRT::default().with_device_id(*device).with_fp16(*fp16);
+                if let Some(dir) = engine_cache {
+                    trt = trt.with_engine_cache(true).with_engine_cache_path(dir.display());
+                }
+                Some(trt.build().error_on_failure())
+            }
+        }
+    }
+
+    /// The provider library ONNX Runtime must find for this provider, named in errors.
+    pub(crate) fn library(&self) -> Option<&'static str> {
+        match self {
+            ExecutionProvider::Cuda { .. } => Some("libonnxruntime_providers_cuda.so (from onnxruntime-gpu) with CUDA 13 and cuDNN 9"),
+            ExecutionProvider::TensorRt { .. } => Some("libonnxruntime_providers_tensorrt.so (from onnxruntime-gpu) with TensorRT 10 (libnvinfer)"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecutionProvider::Cpu => f.write_str("cpu"),
+            ExecutionProvider::Cuda { device } => write!(f, "cuda:{device}"),
+            ExecutionProvider::TensorRt { device, fp16, .. } => {
+                write!(f, "tensorrt:{device}{}", if *fp16 { " (fp16)" } else { "" })
+            }
+            ExecutionProvider::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_provider_names() {
+        assert_eq!(ExecutionProvider::parse("cpu"), Some(ExecutionProvider::Cpu));
+        assert_eq!(ExecutionProvider::parse("cuda:1"), Some(ExecutionProvider::Cuda { device: 1 }));
+        assert_eq!(ExecutionProvider::parse("auto"), Some(ExecutionProvider::Auto));
+        assert!(matches!(ExecutionProvider::parse("tensorrt"), Some(ExecutionProvider::TensorRt { device: 0, .. })));
+        assert_eq!(ExecutionProvider::parse("cpu:1"), None);
+        assert_eq!(ExecutionProvider::parse("cuda:x"), None);
+        assert_eq!(ExecutionProvider::parse("metal"), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! ONNX Runtime behind a small, dpir-shaped surface: load the library, build sessions on an execution
+//! provider, run a graph on f32 arrays. `ort` types stay inside this module.
+
+mod ep;
+mod library;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use parking_lot::Mutex;
+
+pub use ep::ExecutionProvider;
+
+use crate::error::{Error, Result};
+
+/// How sessions are created.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Path of `libonnxruntime.so`; `None` searches (see the README's lookup order).
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Where the graphs run. Default: CPU.
+    pub execution_provider: ExecutionProvider,
+    /// Intra-op threads per session; 0 lets ONNX Runtime choose (one per core).
+    pub threads: usize,
+}
+
+/// One input or output as the graph declares it. Dynamic axes are `None`.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// The tensor's name in the graph.
+    pub name: String,
+    /// Element type: float32, float16, bfloat16, int64, ...
+    pub element: String,
+    /// Size of each axis; `None` where the axis is dynamic.
+    pub shape: Vec<Option<i64>>,
+}
+
+/// One loaded ONNX graph. Runs are serialised per graph (ONNX Runtime parallelises inside each run).
+pub(crate) struct Graph {
+    file: PathBuf,
+    session: Mutex<Session>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+/// Loads the library (once per process) and chooses the provider: the first of `options`' attempts that registers.
+pub(crate) struct Runtime {
+    pub(crate) library: PathBuf,
+    pub(crate) provider: ExecutionProvider,
+    threads: usize,
+}
+
+impl Runtime {
+    /// Loads ONNX Runtime and settles the execution provider by building a session for `probe_graph` with each
+    /// candidate in turn. Returns the runtime and that first session.
+    pub(crate) fn new(options: &RuntimeOptions, probe_graph: &Path) -> Result<(Runtime, Graph)> {
+        let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
+        let mut last_error = None;
+        for provider in options.execution_provider.attempts() {
+            match Graph::load(probe_graph, &provider, options.threads) {
+                Ok(graph) => {
+                    let runtime = Runtime { library, provider, threads: options.threads };
+                    return Ok((runtime, graph));
+                }
+                Err(RegisterError::Provider(reason)) => {
+                    last_error = Some(Error::ExecutionProvider {
+                        provider: provider.to_string(),
+                        reason: match provider.library() {
+                            Some(needs) => format!("{reason} (needs {needs})"),
+                            None => reason,
+                        },
+                    })
+                }
+                Err(RegisterError::Other(error)) => return Err(error),
+            }
+        }
+        Err(last_error.expect("CPU is the last attempt of every choice and reports other errors"))
+    }
+
+    pub(crate) fn load(&self, file: &Path) -> Result<Graph> {
+        Graph::load(file, &self.provider, self.threads).map_err(|e| match e {
+            RegisterError::Provider(reason) => {
+                Error::ExecutionProvider { provider: self.provider.to_string(), reason }
+            }
+            RegisterError::Other(error) => error,
+        })
+    }
+}
+
+enum RegisterError {
+    Provider(String),
+    Other(Error),
+}
+
+fn build_session(file: &Path, provider: &ExecutionProvider, threads: usize) -> ort::Result<Session> {
+    let mut builder = Session::builder(library::environment())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?;
+    if threads > 0 {
+        builder = builder.with_intra_threads(threads)?;
+    }
+    if let Some(dispatch) = provider.dispatch() {
+        builder = builder.with_execution_providers([dispatch])?;
+    }
+    builder.commit_from_file(file)
+}
+
+impl Graph {
+    fn load(file: &Path, provider: &ExecutionProvider, threads: usize) -> Result<Graph, RegisterError> {
+        if !file.is_file() {
+            return Err(RegisterError::Other(Error::bundle(file, "file is missing")));
+        }
+        let session = build_session(file, provider, threads).map_err(|e| {
+            let message = e.to_string();
+            // Registration failures name the provider; anything else is about the graph itself.
+            if provider.dispatch().is_some() && mentions_provider(&message) {
+                RegisterError::Provider(message)
+            } else {
+                RegisterError::Other(Error::Onnx { graph: file.display().to_string(), message })
+            }
+        })?;
+        let inputs = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
+        let outputs = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
+        Ok(Graph { file: file.to_path_buf(), session: Mutex::new(session), inputs, outputs })
+    }
+
+    pub(crate) fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub(crate) fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    pub(crate) fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    /// Runs the graph on f32 inputs, converting to and from the graph's own float type, and returns the named
+    /// outputs in order. Time spent inside ONNX Runtime is added to `timer`.
+    pub(crate) fn run(
+        &self,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+        outputs: &[&str],
+        timer: &SessionTimer,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for (name, array) in inputs {
+            let info = self
+                .inputs
+                .iter()
+                .find(|i| i.name == *name)
+                .ok_or_else(|| fail(format!("graph has no input `{name}`")))?;
+            let value = to_value(array, &info.element).map_err(|e| fail(e.to_string()))?;
+            values.push((name.to_string(), value));
+        }
+        let mut session = self.session.lock();
+        let started = Instant::now();
+        let mut result = session.run(values).map_err(|e| fail(e.to_string()))?;
+        timer.add(started.elapsed());
+        outputs
+            .iter()
+            .map(|name| {
+                let value = result.remove(*name).ok_or_else(|| fail(format!("graph has no output `{name}`")))?;
+                from_value(&value).map_err(|e| fail(format!("output `{name}`: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Accumulates wall time spent inside session runs, for the overhead figures of the benchmark.
+#[derive(Debug, Default)]
+pub struct SessionTimer(std::sync::atomic::AtomicU64);
+
+impl SessionTimer {
+    fn add(&self, elapsed: Duration) {
+        self.0.fetch_add(elapsed.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Total time inside ONNX Runtime runs so far.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn mentions_provider(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    ["provider", "cuda", "tensorrt", "libnvinfer", "cudnn"].iter().any(|word| lower.contains(word))
+}
+
+fn describe(name: &str, dtype: &ValueType) -> TensorInfo {
+    let element = dtype.tensor_type().map_or_else(|| "non-tensor".to_string(), |t| element_name(t).to_string());
+    let shape = dtype
+        .tensor_shape()
+        .map(|shape| shape.iter().map(|&d| (d >= 0).then_some(d)).collect())
+        .unwrap_or_default();
+    TensorInfo { name: name.to_string(), element, shape }
+}
+
+fn element_name(element: TensorElementType) -> &'static str {
+    match element {
+        TensorElementType::Float32 => "float32",
+        TensorElementType::Float16 => "float16",
+        TensorElementType::Bfloat16 => "bfloat16",
+        TensorElementType::Float64 => "float64",
+        TensorElementType::Int64 => "int64",
+        TensorElementType::Int32 => "int32",
+        _ => "other",
+    }
+}
+
+fn to_value(array: &ArrayViewD<'_, f32>, element: &str) -> ort::Result<DynValue> {
+    let shape: Vec<usize> = array.shape().to_vec();
+    Ok(match element {
+        "float16" => Tensor::from_array((shape, array.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()))?.into_dyn(),
+        "bfloat16" => Tensor::from_array((shape, array.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()))?.into_dyn(),
+        _ => Tensor::from_array((shape, array.iter().copied().collect::<Vec<_>>()))?.into_dyn(),
+    })
+}
+
+fn from_value(value: &DynValue) -> ort::Result<ArrayD<f32>> {
+    let element = value.dtype().tensor_type();
+    let (shape, data): (Vec<usize>, Vec<f32>) = match element {
+        Some(TensorElementType::Float16) => {
+            let (shape, data) = value.try_extract_tensor::<f16>()?;
+            (dims(shape), data.iter().map(|x| x.to_f32()).collect())
+        }
+        Some(TensorElementType::Bfloat16) => {
+            let (shape, data) = value.try_extract_tensor::<bf16>()?;
+            (dims(shape), data.iter().map(|x| x.to_f32()).collect())
+        }
+        _ => {
+            let (shape, data) = value.try_extract_tensor::<f32>()?;
+            (dims(shape), data.to_vec())
+        }
+    };
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("ONNX Runtime reports a shape that matches its data"))
+}
+
+fn dims(shape: &ort::value::Shape) -> Vec<usize> {
+    shape.iter().map(|&d| d as usize).collect()
+}
