@@ -1,1 +1,322 @@
-fn main(){}
+//! `dpir`: restore images with a DPIR model bundle, inspect bundles, measure the runtime.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dpir::imagefile::{self, FileFormat};
+use dpir::{ClipInput, ColorFix, ExecutionProvider, Image, Progress, RestoreOptions, Restorer, RuntimeOptions, Stage};
+use ndarray::{Array3, Array4};
+
+#[derive(Parser)]
+#[command(name = "dpir", version, about = "Diffusion-based image restoration (DPIR) on ONNX Runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Model bundle directory. Default: $DPIR_MODEL, else the built-in oracle test bundle.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Execution provider: cpu, cuda[:N], tensorrt[:N] or auto.
+    #[arg(long, default_value = "cpu", value_parser = parse_provider)]
+    ep: ExecutionProvider,
+    /// Threads per graph (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Path of libonnxruntime.so (default: search; see README).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Restore an image (PNG, JPEG, TIFF; 8 or 16 bit) into OUT (.png, .jpg, .tif, or .npy for float32).
+    Restore {
+        input: PathBuf,
+        output: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output size / input size.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f32,
+        /// Denoising steps (default: the bundle's).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Seed of the starting noise (default: the bundle's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Guidance scale; 1 turns guidance off (default: the bundle's).
+        #[arg(long)]
+        guidance: Option<f32>,
+        /// Precomputed text prompt of the bundle, or "zeros" (default: the bundle's).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Which image CLIP sees (default: the bundle's).
+        #[arg(long, value_enum)]
+        clip_input: Option<ClipInputArg>,
+        /// Colour fix (default: the bundle's).
+        #[arg(long, value_enum)]
+        color_fix: Option<ColorFixArg>,
+        /// Draw the input latent from the encoder's posterior instead of taking its mean.
+        #[arg(long)]
+        sample_posterior: bool,
+        /// Starting noise as a float32 .npy of shape (1, C, h, w), instead of the seeded draw.
+        #[arg(long)]
+        noise: Option<PathBuf>,
+        /// Write the starting noise that was used to this .npy file.
+        #[arg(long)]
+        save_noise: Option<PathBuf>,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print a bundle's manifest and graph signatures.
+    Info {
+        /// Model bundle directory (default as for restore).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
+    /// Time restores of synthetic images: end to end, inside ONNX Runtime, and the overhead between them.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Square image sizes to time.
+        #[arg(long = "size", default_values_t = [512usize, 1024])]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Timed runs per size (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClipInputArg {
+    Lq,
+    InitialRestoration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorFixArg {
+    Wavelet,
+    None,
+}
+
+fn parse_provider(text: &str) -> Result<ExecutionProvider, String> {
+    ExecutionProvider::parse(text).ok_or_else(|| format!("unknown execution provider {text:?}; use cpu, cuda[:N], tensorrt[:N] or auto"))
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The bundle to use: the argument, $DPIR_MODEL, or the oracle test bundle (said out loud).
+fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = explicit.or_else(|| std::env::var_os("DPIR_MODEL").map(PathBuf::from)) {
+        return dir;
+    }
+    let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/oracle");
+    eprintln!(
+        "note: no --model given, using the oracle bundle ({}). It is a pass-through test bundle: the result equals \
+         the (upsampled) input. Convert the real DPIR weights with tools/export (see README) and pass --model DIR.",
+        oracle.display()
+    );
+    oracle
+}
+
+fn load(args: ModelArgs) -> dpir::Result<Restorer> {
+    let dir = bundle_dir(args.model);
+    let options = RuntimeOptions { onnxruntime_library: args.ort_lib, execution_provider: args.ep, threads: args.threads };
+    Restorer::load(dir, &options)
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Restore {
+            input,
+            output,
+            model,
+            scale,
+            steps,
+            seed,
+            guidance,
+            prompt,
+            clip_input,
+            color_fix,
+            sample_posterior,
+            noise,
+            save_noise,
+            quiet,
+        } => {
+            let (image, format) = read_input(&input)?;
+            let auto = model.ep == ExecutionProvider::Auto;
+            let restorer = load(model)?;
+            if auto && !quiet {
+                eprintln!("execution provider: {} (chosen by auto)", restorer.execution_provider());
+            }
+            let noise = match noise {
+                Some(path) => Some(ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?),
+                None => None,
+            };
+            let options = RestoreOptions {
+                scale: Some(scale),
+                steps,
+                seed,
+                guidance,
+                prompt,
+                clip_input: clip_input.map(|c| match c {
+                    ClipInputArg::Lq => ClipInput::Lq,
+                    ClipInputArg::InitialRestoration => ClipInput::InitialRestoration,
+                }),
+                color_fix: color_fix.map(|c| match c {
+                    ColorFixArg::Wavelet => ColorFix::Wavelet,
+                    ColorFixArg::None => ColorFix::None,
+                }),
+                sample_posterior,
+                noise,
+                progress: (!quiet).then(progress_bar),
+                cancel: None,
+            };
+            let restored = restorer.restore_detailed(&image, &options);
+            if !quiet {
+                eprintln!();
+            }
+            let restored = restored?;
+            if let Some(path) = save_noise {
+                let mut bytes = Vec::new();
+                ndarray_npy::WriteNpyExt::write_npy(&restored.noise, &mut bytes)?;
+                imagefile::write_atomically(&path, &bytes)?;
+            }
+            imagefile::write(&output, &restored.image, format)?;
+            if !quiet {
+                let s = restored.stats;
+                eprintln!(
+                    "wrote {} ({}x{}) in {:.2} s ({:.2} s in {} model calls)",
+                    output.display(),
+                    restored.image.width(),
+                    restored.image.height(),
+                    s.total.as_secs_f64(),
+                    s.in_session.as_secs_f64(),
+                    s.model_calls
+                );
+            }
+            Ok(())
+        }
+        Command::Info { dir, ort_lib } => {
+            let dir = bundle_dir(dir);
+            let restorer = Restorer::load(&dir, &RuntimeOptions { onnxruntime_library: ort_lib, ..Default::default() })?;
+            println!("bundle: {}", dir.display());
+            println!("onnxruntime: {}", restorer.onnxruntime_library().display());
+            println!("manifest:\n{}", serde_json::to_string_pretty(restorer.manifest())?);
+            for (file, inputs, outputs) in restorer.signatures() {
+                println!("{file}");
+                for (arrow, tensors) in [("in ", inputs), ("out", outputs)] {
+                    for t in tensors {
+                        let dims: Vec<String> =
+                            t.shape.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
+                        println!("  {arrow} {} {} [{}]", t.name, t.element, dims.join(", "));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Bench { model, sizes, steps, runs } => {
+            let restorer = load(model)?;
+            println!(
+                "bundle {} on {}, {steps} steps, best of {runs} runs",
+                restorer.bundle_dir().display(),
+                restorer.execution_provider()
+            );
+            println!("{:>6} {:>10} {:>12} {:>9} {:>6}", "size", "total s", "in-session s", "overhead", "calls");
+            for size in sizes {
+                let image = synthetic(size);
+                let options = RestoreOptions { steps: Some(steps), ..Default::default() };
+                restorer.restore(&image, &options)?;
+                let mut best: Option<dpir::Stats> = None;
+                for _ in 0..runs.max(1) {
+                    let stats = restorer.restore_detailed(&image, &options)?.stats;
+                    if best.is_none_or(|b| stats.total < b.total) {
+                        best = Some(stats);
+                    }
+                }
+                let s = best.expect("at least one run");
+                let overhead = s.total.as_secs_f64() / s.in_session.as_secs_f64() - 1.0;
+                println!(
+                    "{size:>6} {:>10.3} {:>12.3} {:>8.2}% {:>6}",
+                    s.total.as_secs_f64(),
+                    s.in_session.as_secs_f64(),
+                    overhead * 100.0,
+                    s.model_calls
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_input(path: &Path) -> dpir::Result<(Image, FileFormat)> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+        return Ok((imagefile::read_npy_image(path)?, FileFormat { channels: 3, bits: 32 }));
+    }
+    imagefile::read(path)
+}
+
+/// A smooth, detailed test picture for benchmarks.
+fn synthetic(size: usize) -> Image {
+    let rgb = Array3::from_shape_fn((3, size, size), |(c, y, x)| {
+        let (u, v) = (x as f32 / size as f32, y as f32 / size as f32);
+        let wave = ((u * 40.0 + c as f32).sin() * (v * 25.0).cos() + 1.0) / 4.0;
+        (0.25 * (u + v) + wave).clamp(0.0, 1.0)
+    });
+    Image::from_planes(rgb, None).expect("valid planes")
+}
+
+/// A one-line progress display on stderr: stage, step and tile.
+fn progress_bar() -> Arc<dpir::ProgressFn> {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let last = parking_lot::Mutex::new(None::<(Stage, usize)>);
+    Arc::new(move |p: &Progress| {
+        let mut last = last.lock();
+        if *last == Some((p.stage, p.step)) {
+            return true;
+        }
+        *last = Some((p.stage, p.step));
+        let stage = match p.stage {
+            Stage::Encode => "encode",
+            Stage::Prompt => "prompt",
+            Stage::Sample => "sample",
+            Stage::Decode => "decode",
+            _ => "work",
+        };
+        let width = 28;
+        let filled = if p.steps == 0 { 0 } else { p.step * width / p.steps };
+        let line = format!(
+            "{stage:<6} [{}{}] step {}/{} tile {}/{} {:.1}s",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            p.step,
+            p.steps,
+            p.tile,
+            p.tiles,
+            started.elapsed().as_secs_f64()
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = if terminal { write!(err, "\r{line}") } else { writeln!(err, "{line}") };
+        true
+    })
+}
