@@ -75,26 +75,29 @@ fn load(path: &Path) -> Result<ort::environment::Environment> {
 /// The dlopen reason hides in the inner error's source; bring it to the surface.
 fn describe_load_error(error: &ort::LoadDynamicError) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
+    if let ort::LoadDynamicError::Dlopen { error: inner, .. } = error {
+        let mut source: Option<&dyn std::error::Error> = Some(inner);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
         }
-        source = inner.source();
     }
     text
 }
 
-/// Every candidate path in lookup order, whether or not it exists.
+/// A library named by `DPIR_ORT_LIB` or `ORT_DYLIB_PATH`: a choice the user made, used or reported, never skipped.
+fn from_environment() -> Option<PathBuf> {
+    ["DPIR_ORT_LIB", "ORT_DYLIB_PATH"]
+        .iter()
+        .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// The places searched when neither the options nor the environment name a library, in order.
 fn candidates() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for var in ["DPIR_ORT_LIB", "ORT_DYLIB_PATH"] {
-        if let Some(value) = env::var_os(var).filter(|v| !v.is_empty()) {
-            found.push(PathBuf::from(value));
-        }
-    }
     let mut directories = Vec::new();
     if let Some(dir) = env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         directories.push(dir);
@@ -103,14 +106,16 @@ fn candidates() -> Vec<PathBuf> {
         directories.push(dir);
     }
     directories.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib"));
-    for dir in directories {
-        found.extend(LIBRARY_NAMES.iter().map(|name| dir.join(name)));
-    }
+    let mut found: Vec<PathBuf> =
+        directories.iter().flat_map(|dir| LIBRARY_NAMES.iter().map(move |name| dir.join(name))).collect();
     found.extend(python_package_libraries());
     found
 }
 
 fn find() -> Result<PathBuf> {
+    if let Some(path) = from_environment() {
+        return Ok(path);
+    }
     let searched = candidates();
     match searched.iter().find(|path| path.is_file()) {
         Some(path) => Ok(path.clone()),

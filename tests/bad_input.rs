@@ -1,0 +1,204 @@
+//! Every class of bad input gets a clear error, and nothing is written: no output file appears, and an existing
+//! one is left as it was.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{bundle, cli, picture, restorer, run, write_png};
+use dpir::{ErrorKind, Image, PixelLayout, RestoreOptions, Restorer, RuntimeOptions, SampleType};
+
+/// Runs `dpir restore` expecting failure; returns stderr. Checks the output was neither created nor touched.
+fn restore_fails(input: &Path, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.png");
+    let existing = dir.path().join("existing.png");
+    fs::write(&existing, b"keep me").unwrap();
+    for output in [&fresh, &existing] {
+        let out = run(cli().arg("restore").arg(input).arg(output).args(["--quiet", "--steps", "2"]).args(extra));
+        assert!(!out.status.success(), "restore of {} with {extra:?} succeeded", input.display());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains("error:"), "no error message: {stderr}");
+        if output == &fresh {
+            assert!(!fresh.exists(), "a failed restore created {}", fresh.display());
+        } else {
+            assert_eq!(fs::read(&existing).unwrap(), b"keep me", "a failed restore changed the existing output");
+        }
+        // No temporary file is left beside the output either.
+        let leftovers: Vec<PathBuf> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(leftovers, vec![existing.clone()], "a failed restore left files behind");
+    }
+    let out = run(cli().arg("restore").arg(input).arg(&fresh).args(["--quiet", "--steps", "2"]).args(extra));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn good_png(dir: &Path) -> PathBuf {
+    let path = dir.join("in.png");
+    write_png(&path, &picture(20, 28));
+    path
+}
+
+/// A copy of the oracle bundle to break.
+fn oracle_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("bundle");
+    fs::create_dir_all(copy.join("prompts")).unwrap();
+    for entry in fs::read_dir(bundle("oracle")).unwrap().flatten() {
+        if entry.path().is_file() {
+            fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    fs::copy(bundle("oracle").join("prompts/quality.npy"), copy.join("prompts/quality.npy")).unwrap();
+    copy
+}
+
+#[test]
+fn missing_input_file() {
+    let stderr = restore_fails(Path::new("/nonexistent/photo.png"), &[]);
+    assert!(stderr.contains("/nonexistent/photo.png"), "{stderr}");
+}
+
+#[test]
+fn unreadable_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.png");
+    fs::write(&path, b"\x89PNG\r\n\x1a\n but not really").unwrap();
+    let stderr = restore_fails(&path, &[]);
+    assert!(stderr.contains("cannot decode"), "{stderr}");
+}
+
+#[test]
+fn absurd_output_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = restore_fails(&good_png(dir.path()), &["--scale", "5000"]);
+    assert!(stderr.contains("image too large"), "{stderr}");
+    let stderr = restore_fails(&good_png(dir.path()), &["--scale", "0"]);
+    assert!(stderr.contains("scale must be a positive number"), "{stderr}");
+}
+
+#[test]
+fn zero_sized_and_inconsistent_pixel_buffers() {
+    let ok = PixelLayout::packed(8, 8, 3, SampleType::U8);
+    for (layout, len, says) in [
+        (PixelLayout { width: 0, ..ok }, 192, "has no pixels"),
+        (PixelLayout { height: 0, ..ok }, 192, "has no pixels"),
+        (PixelLayout { width: 1 << 20, ..ok }, 192, "largest side"),
+        (PixelLayout { stride: 20, ..ok }, 192, "smaller than a row"),
+        (ok, 191, "needs 192"),
+    ] {
+        let error = Image::from_pixels(&layout, &vec![0u8; len]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidImage);
+        assert!(error.to_string().contains(says), "{layout:?}: {error}");
+    }
+}
+
+#[test]
+fn unsupported_pixel_format() {
+    let layout = PixelLayout::packed(4, 4, 2, SampleType::U8);
+    let error = Image::from_pixels(&layout, &[0u8; 32]).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidImage);
+    assert!(error.to_string().contains("2 channels"), "{error}");
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = restore_fails(&good_png(dir.path()), &["--noise", "/nonexistent/noise.npy"]);
+    assert!(stderr.contains("noise.npy"), "{stderr}");
+}
+
+#[test]
+fn missing_bundle_and_missing_bundle_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = good_png(dir.path());
+    let stderr = restore_fails(&input, &["--model", "/nonexistent/bundle"]);
+    assert!(stderr.contains("/nonexistent/bundle") && stderr.contains("not a directory"), "{stderr}");
+
+    let broken = oracle_copy(dir.path());
+    fs::remove_file(broken.join("clip_global.onnx")).unwrap();
+    let stderr = restore_fails(&input, &["--model", broken.to_str().unwrap()]);
+    assert!(stderr.contains("clip_global.onnx") && stderr.contains("missing"), "{stderr}");
+}
+
+#[test]
+fn manifest_that_disagrees_with_its_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = oracle_copy(dir.path());
+    let manifest = fs::read_to_string(broken.join("dpir.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    json["latent"]["channels"] = 8.into();
+    fs::write(broken.join("dpir.json"), json.to_string()).unwrap();
+    let error = Restorer::load(&broken, &RuntimeOptions::default()).err().expect("a mismatch is refused");
+    assert_eq!(error.kind(), ErrorKind::Bundle);
+    let message = error.to_string();
+    // File, field, expected and found are all named.
+    assert!(message.contains("vae_encoder.onnx") && message.contains("output `mean` axis 1"), "{message}");
+    assert!(message.contains("expected 8, found 12"), "{message}");
+    let stderr = restore_fails(&good_png(dir.path()), &["--model", broken.to_str().unwrap()]);
+    assert!(stderr.contains("expected 8, found 12"), "{stderr}");
+}
+
+#[test]
+fn malformed_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = oracle_copy(dir.path());
+    fs::write(broken.join("dpir.json"), "{ \"format\": \"dpir-bundle\", ").unwrap();
+    let error = Restorer::load(&broken, &RuntimeOptions::default()).err().unwrap();
+    assert!(error.to_string().contains("invalid manifest"), "{error}");
+}
+
+#[test]
+fn nan_output_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = restore_fails(&good_png(dir.path()), &["--model", bundle("broken_nan").to_str().unwrap()]);
+    assert!(stderr.contains("NaN"), "{stderr}");
+    let error = restorer("broken_nan").restore(&picture(8, 8), &RestoreOptions::default()).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BadOutput);
+}
+
+#[test]
+fn black_output_from_a_non_black_input_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = restore_fails(&good_png(dir.path()), &["--model", bundle("broken_black").to_str().unwrap()]);
+    assert!(stderr.contains("black"), "{stderr}");
+    // A black input may well come out black.
+    let black = Image::from_planes(ndarray::Array3::zeros((3, 8, 8)), None).unwrap();
+    restorer("broken_black").restore(&black, &RestoreOptions { steps: Some(1), ..Default::default() }).unwrap();
+}
+
+#[test]
+fn out_of_range_options() {
+    let oracle = restorer("oracle");
+    let image = picture(8, 8);
+    for (options, says) in [
+        (RestoreOptions { steps: Some(0), ..Default::default() }, "steps"),
+        (RestoreOptions { guidance: Some(0.5), ..Default::default() }, "guidance"),
+        (RestoreOptions { guidance: Some(f32::NAN), ..Default::default() }, "guidance"),
+        (RestoreOptions { prompt: Some("nope".into()), ..Default::default() }, "prompt"),
+        (RestoreOptions { noise: Some(ndarray::Array4::zeros((1, 12, 3, 3))), ..Default::default() }, "noise"),
+    ] {
+        let error = oracle.restore(&image, &options).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidOptions, "{options:?}");
+        assert!(error.to_string().contains(says), "{error}");
+    }
+}
+
+#[test]
+fn cancelling_stops_before_the_next_model_call() {
+    let oracle = restorer("oracle");
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let options = RestoreOptions {
+        steps: Some(10),
+        progress: Some(std::sync::Arc::new(move |p: &dpir::Progress| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            p.stage != dpir::Stage::Sample || p.step < 3
+        })),
+        ..Default::default()
+    };
+    let error = oracle.restore(&picture(8, 8), &options).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Cancelled);
+    // encode, prompt, steps 0..=3: the report at step 3 said stop.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+
+    let token = dpir::CancelToken::new();
+    token.cancel();
+    let options = RestoreOptions { cancel: Some(token), ..Default::default() };
+    assert_eq!(oracle.restore(&picture(8, 8), &options).unwrap_err().kind(), ErrorKind::Cancelled);
+}

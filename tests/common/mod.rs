@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dpir::{Image, Restorer, RuntimeOptions};
+use ndarray::Array3;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bundle(name: &str) -> PathBuf {
+    root().join("tests/fixtures/bundles").join(name)
+}
+
+pub fn restorer(name: &str) -> Restorer {
+    Restorer::load(bundle(name), &RuntimeOptions { threads: 1, ..Default::default() }).expect("fixture bundle loads")
+}
+
+/// A smooth picture with detail, different in each channel, values inside (0, 1).
+pub fn picture(height: usize, width: usize) -> Image {
+    let rgb = Array3::from_shape_fn((3, height, width), |(c, y, x)| {
+        let (u, v) = (x as f32 / width as f32, y as f32 / height as f32);
+        0.1 + 0.8 * (0.5 + 0.5 * ((u * 9.0 + c as f32).sin() * (v * 7.0 - c as f32).cos())) * (0.5 + 0.5 * u)
+    });
+    Image::from_planes(rgb, None).unwrap()
+}
+
+pub fn max_abs_diff(a: &Array3<f32>, b: &Array3<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The CLI binary, with a clean model environment.
+pub fn cli() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dpir"));
+    command.env_remove("DPIR_MODEL");
+    command
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command.output().expect("the CLI starts")
+}
+
+/// The reference pipeline's Python: $DPIR_PYTHON or the project's venv.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("DPIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("build/venv/bin/python"));
+    assert!(path.exists(), "{} is missing: run `bash tools/setup.sh` (the README's test command does)", path.display());
+    path
+}
+
+/// Writes an 8-bit RGB PNG of `image`.
+pub fn write_png(path: &Path, image: &Image) {
+    dpir::imagefile::write(path, image, dpir::imagefile::FileFormat { channels: 3, bits: 8 }).unwrap();
+}
