@@ -96,32 +96,37 @@ pub fn condition(
     timer: &SessionTimer,
 ) -> Result<Conditioning> {
     let clip = &manifest.clip;
-    let (local_tokens, local_embeds) = encode_crops(&[preprocess(local, clip)], clip_local, clip_global, timer)?;
-    let pooled_row: Array1<f32> =
-        concatenate![Axis(0), local_tokens.slice(s![0, 0, ..]), local_embeds.slice(s![0, ..])];
-
+    // One batch for both towers: the local patch first, then each global tile. A tile that is the local patch
+    // itself (the whole image, when nothing is tiled) reuses its features.
+    let mut crops = vec![preprocess(local, clip)];
     let (_, gh, gw) = global.dim();
-    let crops: Vec<Array3<f32>> = global_tiles(gh, gw, clip)
+    let same_image = local.as_ptr() == global.as_ptr() && local.raw_dim() == global.raw_dim() && local.strides() == global.strides();
+    let tile_crops: Vec<usize> = global_tiles(gh, gw, clip)
         .into_iter()
-        .map(|(y, x, h, w)| preprocess(global.slice(s![.., y..y + h, x..x + w]), clip))
+        .map(|(y, x, h, w)| {
+            if same_image && (y, x, h, w) == (0, 0, gh, gw) {
+                0
+            } else {
+                crops.push(preprocess(global.slice(s![.., y..y + h, x..x + w]), clip));
+                crops.len() - 1
+            }
+        })
         .collect();
-    let (tile_tokens, tile_embeds) = encode_crops(&crops, clip_local, clip_global, timer)?;
+    let (tokens, embeds) = encode_crops(&crops, clip_local, clip_global, timer)?;
+    let pooled_row: Array1<f32> = concatenate![Axis(0), tokens.slice(s![0, 0, ..]), embeds.slice(s![0, ..])];
 
     let pooled_width = manifest.transformer.pooled_width;
     let mut context = Array3::<f32>::zeros((1, manifest.context_tokens(), manifest.transformer.context_width));
     // CLIP block: the local tokens (zero-padded to the pooled width), then one token per global tile.
     let mut row = 0;
-    for token in local_tokens.index_axis(Axis(0), 0).outer_iter().take(clip.clip_tokens) {
+    for token in tokens.index_axis(Axis(0), 0).outer_iter().take(clip.clip_tokens) {
         context.slice_mut(s![0, row, ..token.len()]).assign(&token);
         row += 1;
     }
-    for (tokens, embeds) in tile_tokens.outer_iter().zip(tile_embeds.outer_iter()) {
-        if row >= clip.clip_tokens {
-            break;
-        }
-        let cls = tokens.index_axis(Axis(0), 0);
+    for &crop in tile_crops.iter().take(clip.clip_tokens - row) {
+        let cls = tokens.slice(s![crop, 0, ..]);
         context.slice_mut(s![0, row, ..cls.len()]).assign(&cls);
-        context.slice_mut(s![0, row, cls.len()..pooled_width]).assign(&embeds);
+        context.slice_mut(s![0, row, cls.len()..pooled_width]).assign(&embeds.index_axis(Axis(0), crop));
         row += 1;
     }
     // Text block below the CLIP block.
