@@ -118,8 +118,8 @@ pub struct Image {
 }
 
 impl Image {
-    /// Wraps planar RGB (3, H, W); values are clamped to [0, 1] when used.
-    pub fn from_planes(rgb: Array3<f32>, alpha: Option<Array2<f32>>) -> Result<Image> {
+    /// Wraps planar, sRGB-encoded RGB (3, H, W) and optional straight alpha (H, W). Colour is clamped to [0, 1].
+    pub fn from_planes(mut rgb: Array3<f32>, alpha: Option<Array2<f32>>) -> Result<Image> {
         let (c, h, w) = rgb.dim();
         if c != 3 || h == 0 || w == 0 {
             return Err(Error::InvalidImage(format!("planes of shape {:?}; expected (3, H>0, W>0)", rgb.dim())));
@@ -132,6 +132,7 @@ impl Image {
         if rgb.iter().any(|v| !v.is_finite()) {
             return Err(Error::InvalidImage("colour samples must be finite".into()));
         }
+        rgb.mapv_inplace(|v| v.clamp(0.0, 1.0));
         Ok(Image { rgb, alpha })
     }
 

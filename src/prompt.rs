@@ -101,8 +101,11 @@ pub fn condition(
     let mut crops = vec![preprocess(local, clip)];
     let (_, gh, gw) = global.dim();
     let same_image = local.as_ptr() == global.as_ptr() && local.raw_dim() == global.raw_dim() && local.strides() == global.strides();
+    // Tokens past `clip_tokens` are cut, so only the tiles that fit are encoded.
+    let room = clip.clip_tokens.saturating_sub(clip.local_tokens);
     let tile_crops: Vec<usize> = global_tiles(gh, gw, clip)
         .into_iter()
+        .take(room)
         .map(|(y, x, h, w)| {
             if same_image && (y, x, h, w) == (0, 0, gh, gw) {
                 0
@@ -123,7 +126,7 @@ pub fn condition(
         context.slice_mut(s![0, row, ..token.len()]).assign(&token);
         row += 1;
     }
-    for &crop in tile_crops.iter().take(clip.clip_tokens - row) {
+    for &crop in &tile_crops {
         let cls = tokens.slice(s![crop, 0, ..]);
         context.slice_mut(s![0, row, ..cls.len()]).assign(&cls);
         context.slice_mut(s![0, row, cls.len()..pooled_width]).assign(&embeds.index_axis(Axis(0), crop));

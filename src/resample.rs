@@ -3,7 +3,7 @@
 //! Pillow's convention is the one the reference pipeline and the official preprocessing use, so matching it
 //! keeps the Rust pipeline comparable with them to float rounding.
 
-use ndarray::{Array3, ArrayView3, Axis};
+use ndarray::{Array3, ArrayView3};
 
 /// A resampling kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,33 +77,49 @@ fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<(usize, Vec<f6
         .collect()
 }
 
-/// Resizes planar channels (C, H, W) to (C, height, width). No clamping: kernels with lobes can overshoot.
+/// Resizes planar channels (C, H, W) to (C, height, width): horizontally, then vertically, rounding to f32
+/// between the passes as Pillow does. No clamping: kernels with lobes can overshoot.
 pub fn resize(planes: ArrayView3<'_, f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
-    let (channels, in_h, in_w) = planes.dim();
-    let horizontal = if in_w == width { planes.to_owned() } else { resize_axis(planes, Axis(2), width, filter) };
+    let (_, in_h, in_w) = planes.dim();
+    let horizontal = if in_w == width {
+        planes.to_owned()
+    } else {
+        // A horizontal pass is a vertical pass over the transposed planes, where whole rows vectorise.
+        let transposed = planes.permuted_axes([0, 2, 1]).as_standard_layout().into_owned();
+        let resized = resize_rows(transposed.view(), width, filter);
+        resized.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
+    };
     if in_h == height {
         return horizontal;
     }
-    debug_assert_eq!(horizontal.dim(), (channels, in_h, width));
-    resize_axis(horizontal.view(), Axis(1), height, filter)
+    resize_rows(horizontal.view(), height, filter)
 }
 
-fn resize_axis(planes: ArrayView3<'_, f32>, axis: Axis, n_out: usize, filter: Filter) -> Array3<f32> {
-    let n_in = planes.len_of(axis);
+/// Resizes along axis 1 of a standard-layout (C, N, W) array: each output row is a weighted sum of input rows,
+/// accumulated in f64 across the whole row at once.
+fn resize_rows(planes: ArrayView3<'_, f32>, n_out: usize, filter: Filter) -> Array3<f32> {
+    let (channels, n_in, w) = planes.dim();
     let coeffs = coefficients(filter, n_in, n_out);
-    let mut shape = planes.raw_dim();
-    shape[axis.index()] = n_out;
-    let mut out = Array3::<f32>::zeros(shape);
-    for (mut lane_out, lane_in) in out.lanes_mut(axis).into_iter().zip(planes.lanes(axis)) {
-        for (o, (lo, weights)) in lane_out.iter_mut().zip(&coeffs) {
-            let mut acc = 0.0f64;
-            for (k, w) in weights.iter().enumerate() {
-                acc += lane_in[lo + k] as f64 * w;
+    let src = planes.as_slice().expect("standard layout");
+    let mut out = vec![0f32; channels * n_out * w];
+    let mut acc = vec![0f64; w];
+    for c in 0..channels {
+        let plane = &src[c * n_in * w..(c + 1) * n_in * w];
+        for (j, (lo, weights)) in coeffs.iter().enumerate() {
+            acc.fill(0.0);
+            for (k, &weight) in weights.iter().enumerate() {
+                let row = &plane[(lo + k) * w..(lo + k + 1) * w];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v as f64 * weight;
+                }
             }
-            *o = acc as f32;
+            let dst = &mut out[(c * n_out + j) * w..(c * n_out + j + 1) * w];
+            for (d, &a) in dst.iter_mut().zip(&acc) {
+                *d = a as f32;
+            }
         }
     }
-    out
+    Array3::from_shape_vec((channels, n_out, w), out).expect("sized")
 }
 
 #[cfg(test)]
@@ -126,6 +142,29 @@ mod tests {
         let img = Array3::from_elem((1, 9, 13), 0.25f32);
         let out = resize(img.view(), 31, 4, Filter::Lanczos3);
         assert!(out.iter().all(|&v| (v - 0.25).abs() < 1e-6));
+    }
+
+    /// The definition evaluated sample by sample, rounding to f32 between the passes.
+    fn resize_direct(planes: &Array3<f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
+        let (c, h, w) = planes.dim();
+        let (cx, cy) = (coefficients(filter, w, width), coefficients(filter, h, height));
+        let horizontal = Array3::from_shape_fn((c, h, width), |(c, y, x)| {
+            let (lo, weights) = &cx[x];
+            weights.iter().enumerate().map(|(k, wt)| planes[[c, y, lo + k]] as f64 * wt).sum::<f64>() as f32
+        });
+        Array3::from_shape_fn((c, height, width), |(c, y, x)| {
+            let (lo, weights) = &cy[y];
+            weights.iter().enumerate().map(|(k, wt)| horizontal[[c, lo + k, x]] as f64 * wt).sum::<f64>() as f32
+        })
+    }
+
+    #[test]
+    fn matches_a_direct_evaluation() {
+        let img = Array3::from_shape_fn((3, 13, 17), |(c, y, x)| ((c * 31 + y * 7 + x * 3) % 11) as f32 / 10.0);
+        for (h, w, filter) in [(26, 34, Filter::Lanczos3), (5, 40, Filter::Bicubic), (40, 6, Filter::Lanczos3), (13, 9, Filter::Bicubic)] {
+            let (fast, direct) = (resize(img.view(), h, w, filter), resize_direct(&img, h, w, filter));
+            assert!(fast.iter().zip(&direct).all(|(a, b)| (a - b).abs() <= 1e-6), "{h}x{w} {filter:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis, CowArray, Ix3};
 
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, Role};
 use crate::colour::wavelet_fix;
@@ -260,16 +260,12 @@ impl Restorer {
 
         call.report(Progress { stage: Stage::Encode, step: 0, steps: settings.steps, tile: 1, tiles: 1 })?;
         let lq = upsample(image.rgb().view(), out_h, out_w);
-        let padded = pad_edges(lq.view(), pad_h, pad_w);
-        let z_lq = self.encode(padded.view(), &settings, options.sample_posterior, &call)?;
+        let z_lq = self.encode(encoder_input(lq.view(), pad_h, pad_w), &settings, options.sample_posterior, &call)?;
 
         call.report(Progress { stage: Stage::Prompt, step: 0, steps: settings.steps, tile: 1, tiles: 1 })?;
-        let clip_image = match settings.clip_input {
-            ClipInput::Lq => lq.clone(),
-            ClipInput::InitialRestoration => {
-                let decoded = self.decode(&z_lq, &call)?;
-                decoded.slice(s![.., ..out_h, ..out_w]).to_owned()
-            }
+        let clip_image: CowArray<'_, f32, Ix3> = match settings.clip_input {
+            ClipInput::Lq => CowArray::from(lq.view()),
+            ClipInput::InitialRestoration => CowArray::from(self.decode(&z_lq, (out_h, out_w), &call)?),
         };
         let conditioning = prompt::condition(
             m,
@@ -284,11 +280,10 @@ impl Restorer {
         let latent = self.sample(noise.clone(), &z_lq, &conditioning, &settings, &call)?;
 
         call.report(Progress { stage: Stage::Decode, step: settings.steps, steps: settings.steps, tile: 1, tiles: 1 })?;
-        let decoded = self.decode(&latent, &call)?;
-        let restored = decoded.slice(s![.., ..out_h, ..out_w]).to_owned();
-        check_output(&restored, &lq)?;
+        let restored = self.decode(&latent, (out_h, out_w), &call)?;
+        check_output(restored.view(), lq.view())?;
         let fixed = match settings.color_fix {
-            ColorFix::Wavelet => wavelet_fix(restored.view(), lq.view()),
+            ColorFix::Wavelet => wavelet_fix(restored, lq.view()),
             ColorFix::None => restored,
         };
         let alpha = image.alpha().map(|a| resize_alpha(a, out_h, out_w));
@@ -340,10 +335,9 @@ impl Restorer {
         Ok((h, w))
     }
 
-    /// `z_LQ = (mean - shift) * scaling` (or a seeded draw from the posterior).
-    fn encode(&self, padded: ArrayView3<'_, f32>, settings: &Settings, posterior: bool, call: &Call) -> Result<Array4<f32>> {
+    /// `z_LQ = (mean - shift) * scaling` (or a seeded draw from the posterior), from the encoder's input.
+    fn encode(&self, input: Array4<f32>, settings: &Settings, posterior: bool, call: &Call) -> Result<Array4<f32>> {
         let latent = &self.manifest.latent;
-        let input = padded.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
         let mut out = self.graph(Role::VaeEncoder).run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
         let logvar = out.pop().expect("two outputs");
         let mut z: Array4<f32> = out.pop().expect("two outputs").into_dimensionality().map_err(|_| bad_rank("mean"))?;
@@ -357,16 +351,19 @@ impl Restorer {
         Ok(z)
     }
 
-    /// `clamp((D(z / scaling + shift) + 1) / 2, 0, 1)`, as (3, H, W).
-    fn decode(&self, z: &Array4<f32>, call: &Call) -> Result<Array3<f32>> {
+    /// `clamp((D(z / scaling + shift) + 1) / 2, 0, 1)`, cropped to `(height, width)`, as (3, H, W).
+    fn decode(&self, z: &Array4<f32>, (height, width): (usize, usize), call: &Call) -> Result<Array3<f32>> {
         let latent = &self.manifest.latent;
         let input = z.mapv(|v| v / latent.scaling_factor + latent.shift_factor);
-        let out = self.graph(Role::VaeDecoder).run(&[("latent", input.view().into_dyn())], &["image"], call.counted())?;
-        let image: Array4<f32> = out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("image"))?;
-        if image.iter().any(|v| !v.is_finite()) {
-            return Err(Error::BadOutput("the decoder returned NaN or infinity".into()));
-        }
-        Ok(image.index_axis(Axis(0), 0).mapv(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+        let graph = self.graph(Role::VaeDecoder);
+        graph.run_with(&[("latent", input.view().into_dyn())], &["image"], call.counted(), |outputs| {
+            let image = outputs[0].view().into_dimensionality::<ndarray::Ix4>().map_err(|_| bad_rank("image"))?;
+            let kept = image.slice(s![0, .., ..height, ..width]);
+            if kept.iter().any(|v| !v.is_finite()) {
+                return Err(Error::BadOutput("the decoder returned NaN or infinity".into()));
+            }
+            Ok(kept.mapv(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+        })
     }
 
     /// The Euler loop over the shifted flow-matching schedule, with guidance when > 1.
@@ -413,11 +410,14 @@ fn bad_rank(name: &str) -> Error {
     Error::BadOutput(format!("output `{name}` has an unexpected rank"))
 }
 
-/// Lanczos-3 to the output size (a copy when the size is unchanged), clamped to [0, 1].
-fn upsample(rgb: ArrayView3<'_, f32>, height: usize, width: usize) -> Array3<f32> {
+/// Lanczos-3 to the output size, clamped to [0, 1]; the image itself when the size is unchanged.
+fn upsample(rgb: ArrayView3<'_, f32>, height: usize, width: usize) -> CowArray<'_, f32, Ix3> {
+    if rgb.dim() == (3, height, width) {
+        return CowArray::from(rgb);
+    }
     let mut out = resize(rgb, height, width, Filter::Lanczos3);
     out.mapv_inplace(|v| v.clamp(0.0, 1.0));
-    out
+    CowArray::from(out)
 }
 
 /// Alpha follows the colour's resize (Lanczos-3, clamped); untouched at scale 1.
@@ -425,20 +425,30 @@ fn resize_alpha(alpha: &Array2<f32>, height: usize, width: usize) -> Array2<f32>
     if alpha.dim() == (height, width) {
         return alpha.clone();
     }
-    let planes = alpha.view().insert_axis(Axis(0));
-    upsample(planes, height, width).index_axis_move(Axis(0), 0)
+    let mut out = resize(alpha.view().insert_axis(Axis(0)), height, width, Filter::Lanczos3);
+    out.mapv_inplace(|v| v.clamp(0.0, 1.0));
+    out.index_axis_move(Axis(0), 0)
 }
 
-/// Pads bottom and right by repeating the edge pixels.
-fn pad_edges(rgb: ArrayView3<'_, f32>, height: usize, width: usize) -> Array3<f32> {
-    let (c, h, w) = rgb.dim();
-    Array3::from_shape_fn((c, height, width), |(c, y, x)| rgb[[c, y.min(h - 1), x.min(w - 1)]])
+/// The encoder's input: `2 * lq - 1`, padded bottom and right to `(height, width)` by repeating edge pixels.
+fn encoder_input(lq: ArrayView3<'_, f32>, height: usize, width: usize) -> Array4<f32> {
+    let (channels, h, w) = lq.dim();
+    let mut out = Array4::<f32>::zeros((1, channels, height, width));
+    for c in 0..channels {
+        for y in 0..height {
+            let src = lq.slice(s![c, y.min(h - 1), ..]);
+            for (x, d) in out.slice_mut(s![0, c, y, ..]).iter_mut().enumerate() {
+                *d = 2.0 * src[x.min(w - 1)] - 1.0;
+            }
+        }
+    }
+    out
 }
 
 /// A black result from an input that is not black means the model failed, not that the photo is dark.
-fn check_output(restored: &Array3<f32>, lq: &Array3<f32>) -> Result<()> {
+fn check_output(restored: ArrayView3<'_, f32>, lq: ArrayView3<'_, f32>) -> Result<()> {
     const BLACK: f32 = 1.0 / 255.0;
-    let brightest = |a: &Array3<f32>| a.iter().copied().fold(0.0f32, f32::max);
+    let brightest = |a: ArrayView3<'_, f32>| a.iter().copied().fold(0.0f32, f32::max);
     if brightest(restored) < BLACK && brightest(lq) > 8.0 * BLACK {
         return Err(Error::BadOutput("the decoded image is black where the input is not".into()));
     }

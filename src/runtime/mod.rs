@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 use ort::session::{builder::GraphOptimizationLevel, Session};
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 
 pub use ep::ExecutionProvider;
@@ -147,28 +148,44 @@ impl Graph {
         outputs: &[&str],
         timer: &SessionTimer,
     ) -> Result<Vec<ArrayD<f32>>> {
+        self.run_with(inputs, outputs, timer, |views| Ok(views.iter().map(|v| v.clone().into_owned()).collect()))
+    }
+
+    /// Like [`Graph::run`], but hands `read` the outputs where ONNX Runtime left them (f32 graphs), so a
+    /// caller that transforms them anyway makes no copy first.
+    pub(crate) fn run_with<R>(
+        &self,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+        outputs: &[&str],
+        timer: &SessionTimer,
+        read: impl FnOnce(&[CowArray<'_, f32, IxDyn>]) -> Result<R>,
+    ) -> Result<R> {
         let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for (name, array) in inputs {
+        // f32 inputs are handed over in place; other element types are converted.
+        let contiguous: Vec<_> = inputs.iter().map(|(_, array)| array.as_standard_layout()).collect();
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for ((name, _), array) in inputs.iter().zip(&contiguous) {
             let info = self
                 .inputs
                 .iter()
                 .find(|i| i.name == *name)
                 .ok_or_else(|| fail(format!("graph has no input `{name}`")))?;
-            let value = to_value(array, &info.element).map_err(|e| fail(e.to_string()))?;
+            let data = array.as_slice().expect("standard layout");
+            let value = to_value(array.shape(), data, &info.element).map_err(|e| fail(e.to_string()))?;
             values.push((name.to_string(), value));
         }
         let mut session = self.session.lock();
         let started = Instant::now();
-        let mut result = session.run(values).map_err(|e| fail(e.to_string()))?;
+        let result = session.run(values).map_err(|e| fail(e.to_string()))?;
         timer.add(started.elapsed());
-        outputs
+        let views = outputs
             .iter()
             .map(|name| {
-                let value = result.remove(*name).ok_or_else(|| fail(format!("graph has no output `{name}`")))?;
-                from_value(&value).map_err(|e| fail(format!("output `{name}`: {e}")))
+                let value = result.get(*name).ok_or_else(|| fail(format!("graph has no output `{name}`")))?;
+                from_value(value).map_err(|e| fail(format!("output `{name}`: {e}")))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        read(&views)
     }
 }
 
@@ -213,32 +230,30 @@ fn element_name(element: TensorElementType) -> &'static str {
     }
 }
 
-fn to_value(array: &ArrayViewD<'_, f32>, element: &str) -> ort::Result<DynValue> {
-    let shape: Vec<usize> = array.shape().to_vec();
+fn to_value<'a>(shape: &[usize], data: &'a [f32], element: &str) -> ort::Result<SessionInputValue<'a>> {
+    let shape = shape.to_vec();
     Ok(match element {
-        "float16" => Tensor::from_array((shape, array.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()))?.into_dyn(),
-        "bfloat16" => Tensor::from_array((shape, array.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()))?.into_dyn(),
-        _ => Tensor::from_array((shape, array.iter().copied().collect::<Vec<_>>()))?.into_dyn(),
+        "float16" => Tensor::from_array((shape, data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()))?.into(),
+        "bfloat16" => Tensor::from_array((shape, data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()))?.into(),
+        _ => TensorRef::from_array_view((shape, data))?.into(),
     })
 }
 
-fn from_value(value: &DynValue) -> ort::Result<ArrayD<f32>> {
-    let element = value.dtype().tensor_type();
-    let (shape, data): (Vec<usize>, Vec<f32>) = match element {
+fn from_value(value: &DynValue) -> ort::Result<CowArray<'_, f32, IxDyn>> {
+    let converted = |shape: &ort::value::Shape, data: Vec<f32>| {
+        CowArray::from(ArrayD::from_shape_vec(IxDyn(&dims(shape)), data).expect("ONNX Runtime's shape fits its data"))
+    };
+    Ok(match value.dtype().tensor_type() {
         Some(TensorElementType::Float16) => {
             let (shape, data) = value.try_extract_tensor::<f16>()?;
-            (dims(shape), data.iter().map(|x| x.to_f32()).collect())
+            converted(shape, data.iter().map(|x| x.to_f32()).collect())
         }
         Some(TensorElementType::Bfloat16) => {
             let (shape, data) = value.try_extract_tensor::<bf16>()?;
-            (dims(shape), data.iter().map(|x| x.to_f32()).collect())
+            converted(shape, data.iter().map(|x| x.to_f32()).collect())
         }
-        _ => {
-            let (shape, data) = value.try_extract_tensor::<f32>()?;
-            (dims(shape), data.to_vec())
-        }
-    };
-    Ok(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("ONNX Runtime reports a shape that matches its data"))
+        _ => CowArray::from(value.try_extract_array::<f32>()?),
+    })
 }
 
 fn dims(shape: &ort::value::Shape) -> Vec<usize> {
