@@ -81,18 +81,27 @@ fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<(usize, Vec<f6
 /// between the passes as Pillow does. No clamping: kernels with lobes can overshoot.
 pub fn resize(planes: ArrayView3<'_, f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
     let (_, in_h, in_w) = planes.dim();
-    let horizontal = if in_w == width {
-        planes.to_owned()
-    } else {
-        // A horizontal pass is a vertical pass over the transposed planes, where whole rows vectorise.
-        let transposed = planes.permuted_axes([0, 2, 1]).as_standard_layout().into_owned();
-        let resized = resize_rows(transposed.view(), width, filter);
-        resized.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
-    };
+    let horizontal = if in_w == width { planes.to_owned() } else { resize_columns(planes, width, filter) };
     if in_h == height {
         return horizontal;
     }
     resize_rows(horizontal.view(), height, filter)
+}
+
+/// Resizes along axis 2 of (C, H, W): each output sample is a dot product with a contiguous run of its row.
+fn resize_columns(planes: ArrayView3<'_, f32>, n_out: usize, filter: Filter) -> Array3<f32> {
+    let (channels, h, n_in) = planes.dim();
+    let coeffs = coefficients(filter, n_in, n_out);
+    let planes = planes.as_standard_layout();
+    let src = planes.as_slice().expect("standard layout");
+    let mut out = vec![0f32; channels * h * n_out];
+    for (row, dst) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+        for (d, (lo, weights)) in dst.iter_mut().zip(&coeffs) {
+            let taps = &row[*lo..lo + weights.len()];
+            *d = taps.iter().zip(weights).map(|(&v, &w)| v as f64 * w).sum::<f64>() as f32;
+        }
+    }
+    Array3::from_shape_vec((channels, h, n_out), out).expect("sized")
 }
 
 /// Resizes along axis 1 of a standard-layout (C, N, W) array: each output row is a weighted sum of input rows,

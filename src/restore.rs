@@ -358,11 +358,15 @@ impl Restorer {
         let graph = self.graph(Role::VaeDecoder);
         graph.run_with(&[("latent", input.view().into_dyn())], &["image"], call.counted(), |outputs| {
             let image = outputs[0].view().into_dimensionality::<ndarray::Ix4>().map_err(|_| bad_rank("image"))?;
-            let kept = image.slice(s![0, .., ..height, ..width]);
-            if kept.iter().any(|v| !v.is_finite()) {
+            let mut finite = true;
+            let pixels = image.slice(s![0, .., ..height, ..width]).mapv(|v| {
+                finite &= v.is_finite();
+                ((v + 1.0) / 2.0).clamp(0.0, 1.0)
+            });
+            if !finite {
                 return Err(Error::BadOutput("the decoder returned NaN or infinity".into()));
             }
-            Ok(kept.mapv(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)))
+            Ok(pixels)
         })
     }
 

@@ -90,8 +90,9 @@ enum Command {
         /// Square image sizes to time.
         #[arg(long = "size", default_values_t = [512usize, 1024])]
         sizes: Vec<usize>,
-        #[arg(long, default_value_t = 4)]
-        steps: usize,
+        /// Denoising steps (default: the bundle's, 28 for the real model).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Timed runs per size (after one warm-up).
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -236,6 +237,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Bench { model, sizes, steps, runs } => {
             let restorer = load(model)?;
+            let steps = steps.unwrap_or(restorer.manifest().scheduler.steps);
             println!(
                 "bundle {} on {}, {steps} steps, best of {runs} runs",
                 restorer.bundle_dir().display(),
