@@ -21,37 +21,56 @@ pub const MANIFEST_FILE: &str = "dpir.json";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Always `"dpir-bundle"`.
     pub format: String,
+    /// [`FORMAT_VERSION`] for the bundles this runtime reads.
     pub format_version: u32,
+    /// Short name of the model.
     pub name: String,
+    /// Free text: where the weights came from, what the bundle is for.
     #[serde(default)]
     pub description: String,
     /// Element type of the graphs' floating inputs and outputs: float32, float16 or bfloat16.
     pub dtype: String,
+    /// The VAE's latent space.
     pub latent: LatentSpec,
+    /// The transformer's input geometry and widths.
     pub transformer: TransformerSpec,
+    /// The CLIP image prompts.
     pub clip: ClipSpec,
+    /// The text block of the context.
     pub text: TextSpec,
+    /// The sampling schedule.
     pub scheduler: SchedulerSpec,
+    /// Defaults of the restore options.
     pub defaults: Defaults,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The VAE's latent space: `z = (mean - shift_factor) * scaling_factor`.
 pub struct LatentSpec {
+    /// Latent channels (16 for SD3).
     pub channels: usize,
+    /// Pixels per latent sample along each axis (8 for SD3).
     pub downscale: usize,
+    /// 1.5305 for SD3.
     pub scaling_factor: f32,
+    /// 0.0609 for SD3.
     pub shift_factor: f32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The transformer's input geometry and widths.
 pub struct TransformerSpec {
+    /// Latent samples per patch along each axis (2 for SD3).
     pub patch_size: usize,
     /// Largest number of patches per side in one pass (the position-embedding grid).
     pub max_patches: usize,
+    /// Width of `encoder_hidden_states` (4096 for SD3).
     pub context_width: usize,
+    /// Width of `pooled_projections`: `clip.local_width + clip.global_width`.
     pub pooled_width: usize,
 }
 
@@ -67,38 +86,59 @@ pub enum ClipInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The CLIP image prompts and their preprocessing.
 pub struct ClipSpec {
+    /// Side of the square CLIP input (224).
     pub image_size: usize,
+    /// Resampling of the shortest side to `image_size`: `"bicubic"`.
     pub resize: String,
+    /// Per-channel normalisation mean.
     pub mean: [f32; 3],
+    /// Per-channel normalisation standard deviation.
     pub std: [f32; 3],
+    /// Tokens of `clip_local`'s `last_hidden_state` (50 for ViT-B/32).
     pub local_tokens: usize,
+    /// Width of those tokens (768).
     pub local_width: usize,
+    /// Width of `clip_global`'s `image_embeds` (1280 for bigG).
     pub global_width: usize,
+    /// Rows of the CLIP block of the context (77).
     pub clip_tokens: usize,
+    /// Side of a global tile in pixels (1024).
     pub global_tile: usize,
+    /// Overlap of neighbouring global tiles in pixels (64).
     pub global_overlap: usize,
+    /// Which image CLIP sees by default.
     pub input: ClipInput,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The text block of the context.
 pub struct TextSpec {
+    /// Rows of the text block (256 for T5).
     pub tokens: usize,
+    /// Width of the text block (4096 for T5-XXL).
     pub width: usize,
     /// `"zeros"` or a key of `prompts`.
     pub default: String,
+    /// Precomputed text blocks: name to a float32 `.npy` of (tokens, width), relative to the bundle.
     #[serde(default)]
     pub prompts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The sampling schedule.
 pub struct SchedulerSpec {
+    /// `"flow_match_euler"`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Timestep shift (3.0 for SD3).
     pub shift: f64,
+    /// Training timesteps (1000).
     pub train_timesteps: u32,
+    /// Default number of steps (28).
     pub steps: usize,
 }
 
@@ -114,11 +154,17 @@ pub enum ColorFix {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Defaults of the restore options.
 pub struct Defaults {
+    /// Guidance scale; 1 is off.
     pub guidance: f32,
+    /// Seed of the starting noise.
     pub seed: u64,
+    /// Colour fix.
     pub color_fix: ColorFix,
+    /// Tile side in latent samples, for images larger than one pass.
     pub latent_tile: usize,
+    /// Overlap of neighbouring tiles in latent samples.
     pub latent_overlap: usize,
 }
 
@@ -216,7 +262,9 @@ impl Manifest {
                 ),
             ));
         }
-        if self.transformer.pooled_width > self.transformer.context_width || self.text.width > self.transformer.context_width {
+        if self.transformer.pooled_width > self.transformer.context_width
+            || self.text.width > self.transformer.context_width
+        {
             return Err(bad("transformer.context_width", "must be at least pooled_width and text.width".into()));
         }
         if self.clip.global_overlap >= self.clip.global_tile {
@@ -229,15 +277,24 @@ impl Manifest {
             return Err(bad("clip.std", "must be positive".into()));
         }
         if self.scheduler.kind != "flow_match_euler" {
-            return Err(bad("scheduler.type", format!("only \"flow_match_euler\" is supported, found {:?}", self.scheduler.kind)));
+            return Err(bad(
+                "scheduler.type",
+                format!("only \"flow_match_euler\" is supported, found {:?}", self.scheduler.kind),
+            ));
         }
-        if !(self.scheduler.shift > 0.0) || self.scheduler.train_timesteps == 0 {
+        if self.scheduler.shift.is_nan() || self.scheduler.shift <= 0.0 || self.scheduler.train_timesteps == 0 {
             return Err(bad("scheduler", "shift must be positive and train_timesteps at least 1".into()));
         }
         if self.text.default != "zeros" && !self.text.prompts.contains_key(&self.text.default) {
-            return Err(bad("text.default", format!("{:?} is neither \"zeros\" nor a key of text.prompts", self.text.default)));
+            return Err(bad(
+                "text.default",
+                format!("{:?} is neither \"zeros\" nor a key of text.prompts", self.text.default),
+            ));
         }
-        if !(self.latent.scaling_factor.is_finite() && self.latent.scaling_factor != 0.0 && self.latent.shift_factor.is_finite()) {
+        if !(self.latent.scaling_factor.is_finite()
+            && self.latent.scaling_factor != 0.0
+            && self.latent.shift_factor.is_finite())
+        {
             return Err(bad("latent", "scaling_factor must be finite and non-zero, shift_factor finite".into()));
         }
         Ok(())
@@ -272,10 +329,7 @@ impl Manifest {
             }
             Role::ClipLocal => (
                 vec![fixed("pixel_values", &[None, Some(3), clip, clip])],
-                vec![fixed(
-                    "last_hidden_state",
-                    &[None, Some(self.clip.local_tokens), Some(self.clip.local_width)],
-                )],
+                vec![fixed("last_hidden_state", &[None, Some(self.clip.local_tokens), Some(self.clip.local_width)])],
             ),
             Role::ClipGlobal => (
                 vec![fixed("pixel_values", &[None, Some(3), clip, clip])],
@@ -350,8 +404,8 @@ pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result
         Error::InvalidOptions(format!("prompt {name:?} is not in the bundle (it has \"zeros\" and {known:?})"))
     })?;
     let path: PathBuf = dir.join(relative);
-    let array: Array2<f32> = ndarray_npy::read_npy(&path)
-        .map_err(|e| Error::bundle(&path, format!("cannot read prompt embedding: {e}")))?;
+    let array: Array2<f32> =
+        ndarray_npy::read_npy(&path).map_err(|e| Error::bundle(&path, format!("cannot read prompt embedding: {e}")))?;
     if array.dim() != shape {
         return Err(Error::GraphMismatch {
             file: path,

@@ -14,27 +14,59 @@ pub enum Error {
          or set DPIR_ORT_LIB to the path of libonnxruntime.so",
         display_paths(.searched)
     )]
-    OnnxRuntimeNotFound { searched: Vec<PathBuf> },
+    OnnxRuntimeNotFound {
+        /// Every path tried, in order.
+        searched: Vec<PathBuf>,
+    },
 
     /// A library was found but could not be used (not a library, wrong version, damaged).
     #[error("cannot use ONNX Runtime library {path}: {reason}")]
-    OnnxRuntimeLoad { path: PathBuf, reason: String },
+    OnnxRuntimeLoad {
+        /// The library.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
 
     /// An execution provider that was asked for explicitly could not be registered.
     #[error("execution provider `{provider}` is not available: {reason}")]
-    ExecutionProvider { provider: String, reason: String },
+    ExecutionProvider {
+        /// The provider asked for, e.g. `cuda:0`.
+        provider: String,
+        /// ONNX Runtime's reason and the library the provider needs.
+        reason: String,
+    },
 
     /// The bundle directory, its manifest or one of its files is missing or unreadable.
     #[error("model bundle {path}: {message}")]
-    Bundle { path: PathBuf, message: String },
+    Bundle {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A graph does not match what the manifest says about it.
     #[error("model bundle file {file}: {field}: expected {expected}, found {found}")]
-    GraphMismatch { file: PathBuf, field: String, expected: String, found: String },
+    GraphMismatch {
+        /// The graph (or prompt) file.
+        file: PathBuf,
+        /// The input, output or property that differs.
+        field: String,
+        /// What the manifest implies.
+        expected: String,
+        /// What the file declares.
+        found: String,
+    },
 
     /// ONNX Runtime failed while creating a session or running a graph.
     #[error("ONNX Runtime failed on {graph}: {message}")]
-    Onnx { graph: String, message: String },
+    Onnx {
+        /// The graph file.
+        graph: String,
+        /// ONNX Runtime's message.
+        message: String,
+    },
 
     /// The image or pixel description cannot be processed.
     #[error("invalid image: {0}")]
@@ -50,11 +82,21 @@ pub enum Error {
 
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 
     /// An image file could not be decoded or encoded.
     #[error("{path}: {message}")]
-    ImageFile { path: PathBuf, message: String },
+    ImageFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 
     /// The model produced an unusable result (NaN, infinity, a black frame from a non-black input).
     #[error("the model produced an unusable result: {0}")]
@@ -69,15 +111,25 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// The ONNX Runtime library is missing or unusable.
     OnnxRuntime,
+    /// A requested execution provider cannot be registered.
     ExecutionProvider,
+    /// The model bundle is missing, malformed or inconsistent.
     Bundle,
+    /// ONNX Runtime failed while running a graph.
     Inference,
+    /// The image or its pixel description is invalid.
     InvalidImage,
+    /// An option is out of range.
     InvalidOptions,
+    /// The image is too large.
     TooLarge,
+    /// A file could not be read or written.
     Io,
+    /// The model produced NaN, infinity or black.
     BadOutput,
+    /// The caller cancelled.
     Cancelled,
 }
 

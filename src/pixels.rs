@@ -12,9 +12,13 @@ pub const MAX_SIDE: usize = 1 << 16;
 /// How one sample is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleType {
+    /// 8-bit unsigned, 0..=255 maps to [0, 1].
     U8,
+    /// 16-bit unsigned, 0..=65535 maps to [0, 1].
     U16,
+    /// IEEE half float.
     F16,
+    /// IEEE single float.
     F32,
 }
 
@@ -32,8 +36,10 @@ impl SampleType {
 /// Whether colour samples are multiplied by alpha.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlphaMode {
+    /// Colour independent of alpha.
     #[default]
     Straight,
+    /// Colour already multiplied by alpha.
     Premultiplied,
 }
 
@@ -54,12 +60,17 @@ pub enum Transfer {
 /// `(height - 1 - y) * |stride|`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PixelLayout {
+    /// Pixels per row.
     pub width: usize,
+    /// Rows.
     pub height: usize,
     /// 1 (gray), 3 (RGB) or 4 (RGBA).
     pub channels: usize,
+    /// Storage of one sample.
     pub sample: SampleType,
+    /// Alpha convention (4 channels only).
     pub alpha: AlphaMode,
+    /// How colour encodes light.
     pub transfer: Transfer,
     /// Bytes from one row to the next; negative for bottom-up buffers.
     pub stride: isize,
@@ -105,7 +116,11 @@ impl PixelLayout {
 
     fn row_offset(&self, y: usize) -> usize {
         let stride = self.stride.unsigned_abs();
-        if self.stride >= 0 { y * stride } else { (self.height - 1 - y) * stride }
+        if self.stride >= 0 {
+            y * stride
+        } else {
+            (self.height - 1 - y) * stride
+        }
     }
 }
 
@@ -260,12 +275,20 @@ fn write_sample(row: &mut [u8], at: usize, sample: SampleType, value: f32) {
 
 /// The sRGB encoding curve (IEC 61966-2-1).
 pub fn linear_to_srgb(v: f32) -> f32 {
-    if v <= 0.003_130_8 { 12.92 * v } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 }
+    if v <= 0.003_130_8 {
+        12.92 * v
+    } else {
+        1.055 * v.powf(1.0 / 2.4) - 0.055
+    }
 }
 
 /// The inverse of [`linear_to_srgb`].
 pub fn srgb_to_linear(v: f32) -> f32 {
-    if v <= 0.040_45 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
+    if v <= 0.040_45 {
+        v / 12.92
+    } else {
+        ((v + 0.055) / 1.055).powf(2.4)
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Dual prompts: CLIP features of the local patch and of the global image, and the text block, assembled into
 //! the transformer's context and pooled inputs.
 
-use ndarray::{s, concatenate, Array1, Array2, Array3, Array4, ArrayView3, Axis};
+use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
 
 use crate::bundle::{ClipSpec, Manifest};
+use crate::error::Result;
 use crate::resample::{resize, Filter};
 use crate::runtime::{Graph, SessionTimer};
-use crate::error::Result;
 
 /// The transformer's conditioning for one sample.
 #[derive(Debug, Clone)]
@@ -100,7 +100,8 @@ pub fn condition(
     // itself (the whole image, when nothing is tiled) reuses its features.
     let mut crops = vec![preprocess(local, clip)];
     let (_, gh, gw) = global.dim();
-    let same_image = local.as_ptr() == global.as_ptr() && local.raw_dim() == global.raw_dim() && local.strides() == global.strides();
+    let same_image =
+        local.as_ptr() == global.as_ptr() && local.raw_dim() == global.raw_dim() && local.strides() == global.strides();
     // Tokens past `clip_tokens` are cut, so only the tiles that fit are encoded.
     let room = clip.clip_tokens.saturating_sub(clip.local_tokens);
     let tile_crops: Vec<usize> = global_tiles(gh, gw, clip)
@@ -133,9 +134,7 @@ pub fn condition(
         row += 1;
     }
     // Text block below the CLIP block.
-    context
-        .slice_mut(s![0, clip.clip_tokens.., ..manifest.text.width])
-        .assign(text);
+    context.slice_mut(s![0, clip.clip_tokens.., ..manifest.text.width]).assign(text);
     let pooled = pooled_row.insert_axis(Axis(0));
     Ok(Conditioning { context, pooled })
 }
@@ -165,7 +164,7 @@ mod tests {
             image_size: 224,
             resize: "bicubic".into(),
             mean: [0.48145466, 0.4578275, 0.40821073],
-            std: [0.26862954, 0.26130258, 0.27577711],
+            std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             local_tokens: 50,
             local_width: 768,
             global_width: 1280,

@@ -170,7 +170,9 @@ mod tests {
     #[test]
     fn matches_a_direct_evaluation() {
         let img = Array3::from_shape_fn((3, 13, 17), |(c, y, x)| ((c * 31 + y * 7 + x * 3) % 11) as f32 / 10.0);
-        for (h, w, filter) in [(26, 34, Filter::Lanczos3), (5, 40, Filter::Bicubic), (40, 6, Filter::Lanczos3), (13, 9, Filter::Bicubic)] {
+        for (h, w, filter) in
+            [(26, 34, Filter::Lanczos3), (5, 40, Filter::Bicubic), (40, 6, Filter::Lanczos3), (13, 9, Filter::Bicubic)]
+        {
             let (fast, direct) = (resize(img.view(), h, w, filter), resize_direct(&img, h, w, filter));
             assert!(fast.iter().zip(&direct).all(|(a, b)| (a - b).abs() <= 1e-6), "{h}x{w} {filter:?}");
         }

@@ -37,12 +37,15 @@ pub enum Stage {
 /// One progress report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// What is running.
     pub stage: Stage,
     /// Steps done so far in [`Stage::Sample`] (0 elsewhere).
     pub step: usize,
+    /// Steps of this restore.
     pub steps: usize,
     /// Tile being processed, from 1.
     pub tile: usize,
+    /// Tiles of this restore.
     pub tiles: usize,
 }
 
@@ -54,6 +57,7 @@ pub type ProgressFn = dyn Fn(&Progress) -> bool + Send + Sync;
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token nobody has cancelled yet.
     pub fn new() -> CancelToken {
         CancelToken::default()
     }
@@ -63,6 +67,7 @@ impl CancelToken {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`CancelToken::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
@@ -114,18 +119,22 @@ impl std::fmt::Debug for RestoreOptions {
 /// A finished restore with what went into it.
 #[derive(Debug, Clone)]
 pub struct Restoration {
+    /// The restored image, at the requested scale.
     pub image: Image,
     /// The starting noise that was used, (1, C, h, w).
     pub noise: Array4<f32>,
+    /// Timings.
     pub stats: Stats,
 }
 
 /// Where the time went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
+    /// Wall time of the whole restore.
     pub total: Duration,
     /// Time inside ONNX Runtime session runs.
     pub in_session: Duration,
+    /// Graph runs made.
     pub model_calls: usize,
 }
 
@@ -188,7 +197,13 @@ impl Restorer {
         }
         let (runtime, transformer) = Runtime::new(options, &dir.join(Role::Transformer.file_name()))?;
         let load = |role: Role| runtime.load(&dir.join(role.file_name()));
-        let graphs = [load(Role::VaeEncoder)?, load(Role::VaeDecoder)?, load(Role::ClipLocal)?, load(Role::ClipGlobal)?, transformer];
+        let graphs = [
+            load(Role::VaeEncoder)?,
+            load(Role::VaeDecoder)?,
+            load(Role::ClipLocal)?,
+            load(Role::ClipGlobal)?,
+            transformer,
+        ];
         let restorer = Restorer { dir, manifest, runtime, graphs };
         for role in Role::ALL {
             restorer.manifest.check_graph(role, restorer.graph(role))?;
@@ -197,10 +212,12 @@ impl Restorer {
         Ok(restorer)
     }
 
+    /// The bundle's manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
+    /// The bundle's directory.
     pub fn bundle_dir(&self) -> &Path {
         &self.dir
     }
@@ -251,7 +268,10 @@ impl Restorer {
             Some(noise) => {
                 let want = (1, m.latent.channels, latent_hw.0, latent_hw.1);
                 if noise.dim() != want {
-                    return Err(Error::InvalidOptions(format!("noise has shape {:?}; this image needs {want:?}", noise.dim())));
+                    return Err(Error::InvalidOptions(format!(
+                        "noise has shape {:?}; this image needs {want:?}",
+                        noise.dim()
+                    )));
                 }
                 noise.clone()
             }
@@ -338,7 +358,11 @@ impl Restorer {
     /// `z_LQ = (mean - shift) * scaling` (or a seeded draw from the posterior), from the encoder's input.
     fn encode(&self, input: Array4<f32>, settings: &Settings, posterior: bool, call: &Call) -> Result<Array4<f32>> {
         let latent = &self.manifest.latent;
-        let mut out = self.graph(Role::VaeEncoder).run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
+        let mut out = self.graph(Role::VaeEncoder).run(
+            &[("image", input.view().into_dyn())],
+            &["mean", "logvar"],
+            call.counted(),
+        )?;
         let logvar = out.pop().expect("two outputs");
         let mut z: Array4<f32> = out.pop().expect("two outputs").into_dimensionality().map_err(|_| bad_rank("mean"))?;
         if posterior {
@@ -371,7 +395,14 @@ impl Restorer {
     }
 
     /// The Euler loop over the shifted flow-matching schedule, with guidance when > 1.
-    fn sample(&self, mut z: Array4<f32>, z_lq: &Array4<f32>, cond: &Conditioning, settings: &Settings, call: &Call) -> Result<Array4<f32>> {
+    fn sample(
+        &self,
+        mut z: Array4<f32>,
+        z_lq: &Array4<f32>,
+        cond: &Conditioning,
+        settings: &Settings,
+        call: &Call,
+    ) -> Result<Array4<f32>> {
         let sigmas = schedule::sigmas(&self.manifest.scheduler, settings.steps);
         let uncond = (settings.guidance > 1.0).then(|| cond.zeros_like());
         let transformer = self.graph(Role::Transformer);

@@ -73,7 +73,8 @@ fn auto_falls_back_and_says_what_it_chose() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.png");
     write_png(&input, &picture(12, 12));
-    let out = run(cli().arg("restore").arg(&input).arg(dir.path().join("out.png")).args(["--ep", "auto", "--steps", "1"]));
+    let out =
+        run(cli().arg("restore").arg(&input).arg(dir.path().join("out.png")).args(["--ep", "auto", "--steps", "1"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("execution provider: cpu (chosen by auto)"), "{stderr}");

@@ -22,7 +22,8 @@ fn returns_the_input_for_any_size_seed_steps_and_guidance() {
     ];
     for (h, w, steps, guidance, seed) in cases {
         let input = picture(h, w);
-        let options = RestoreOptions { steps: Some(steps), guidance: Some(guidance), seed: Some(seed), ..Default::default() };
+        let options =
+            RestoreOptions { steps: Some(steps), guidance: Some(guidance), seed: Some(seed), ..Default::default() };
         let out = oracle.restore(&input, &options).unwrap();
         let diff = max_abs_diff(out.rgb(), input.rgb());
         assert!(diff <= TOLERANCE, "{h}x{w}, {steps} steps, guidance {guidance}, seed {seed}: max diff {diff}");
@@ -57,7 +58,8 @@ fn holds_for_every_clip_input_colour_fix_prompt_and_posterior_draw() {
 fn upscaling_returns_the_lanczos_upsampling() {
     let oracle = restorer("oracle");
     let input = picture(24, 30);
-    let out = oracle.restore(&input, &RestoreOptions { scale: Some(2.0), steps: Some(2), ..Default::default() }).unwrap();
+    let out =
+        oracle.restore(&input, &RestoreOptions { scale: Some(2.0), steps: Some(2), ..Default::default() }).unwrap();
     assert_eq!((out.width(), out.height()), (60, 48));
     // An independent check of the upsampling: a smooth input upsampled stays close to the same function sampled
     // at the new pixel centres.
@@ -136,7 +138,8 @@ fn alpha_follows_the_upscale() {
     let rgb = picture(10, 12).rgb().clone();
     let alpha = Array2::from_elem((10, 12), 0.5f32);
     let image = Image::from_planes(rgb, Some(alpha)).unwrap();
-    let out = oracle.restore(&image, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
+    let out =
+        oracle.restore(&image, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
     let alpha = out.alpha().expect("alpha is carried");
     assert_eq!(alpha.dim(), (15, 18));
     assert!(alpha.iter().all(|&a| (a - 0.5).abs() < 1e-6));

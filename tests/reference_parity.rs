@@ -63,13 +63,27 @@ fn check(case: Case) {
     assert!(diff <= TOLERANCE, "{}: max abs difference {diff} > {TOLERANCE}", case.name);
     // The comparison means something only if the model changed the picture: the oracle returns the plain
     // (upsampled) input.
-    let plain = restorer("oracle").restore(&input, &RestoreOptions { scale: Some(case.scale), steps: Some(1), ..Default::default() }).unwrap();
-    assert!(max_abs_diff(ours.image.rgb(), plain.rgb()) > 0.01, "{}: the tiny model left the input as it was", case.name);
+    let plain = restorer("oracle")
+        .restore(&input, &RestoreOptions { scale: Some(case.scale), steps: Some(1), ..Default::default() })
+        .unwrap();
+    assert!(
+        max_abs_diff(ours.image.rgb(), plain.rgb()) > 0.01,
+        "{}: the tiny model left the input as it was",
+        case.name
+    );
 }
 
 #[test]
 fn plain_restore_matches() {
-    check(Case { name: "plain", size: (40, 56), scale: 1.0, steps: 6, guidance: 1.0, prompt: "zeros", clip_input: ClipInput::Lq });
+    check(Case {
+        name: "plain",
+        size: (40, 56),
+        scale: 1.0,
+        steps: 6,
+        guidance: 1.0,
+        prompt: "zeros",
+        clip_input: ClipInput::Lq,
+    });
 }
 
 #[test]
@@ -87,10 +101,26 @@ fn guidance_prompt_and_initial_restoration_match() {
 
 #[test]
 fn upscaled_and_padded_restore_matches() {
-    check(Case { name: "upscaled", size: (30, 44), scale: 1.5, steps: 4, guidance: 1.0, prompt: "zeros", clip_input: ClipInput::Lq });
+    check(Case {
+        name: "upscaled",
+        size: (30, 44),
+        scale: 1.5,
+        steps: 4,
+        guidance: 1.0,
+        prompt: "zeros",
+        clip_input: ClipInput::Lq,
+    });
 }
 
 #[test]
 fn several_global_tiles_match() {
-    check(Case { name: "global tiles", size: (100, 130), scale: 1.0, steps: 3, guidance: 1.0, prompt: "zeros", clip_input: ClipInput::Lq });
+    check(Case {
+        name: "global tiles",
+        size: (100, 130),
+        scale: 1.0,
+        steps: 3,
+        guidance: 1.0,
+        prompt: "zeros",
+        clip_input: ClipInput::Lq,
+    });
 }

@@ -112,7 +112,8 @@ enum ColorFixArg {
 }
 
 fn parse_provider(text: &str) -> Result<ExecutionProvider, String> {
-    ExecutionProvider::parse(text).ok_or_else(|| format!("unknown execution provider {text:?}; use cpu, cuda[:N], tensorrt[:N] or auto"))
+    ExecutionProvider::parse(text)
+        .ok_or_else(|| format!("unknown execution provider {text:?}; use cpu, cuda[:N], tensorrt[:N] or auto"))
 }
 
 fn main() -> ExitCode {
@@ -141,7 +142,8 @@ fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
 
 fn load(args: ModelArgs) -> dpir::Result<Restorer> {
     let dir = bundle_dir(args.model);
-    let options = RuntimeOptions { onnxruntime_library: args.ort_lib, execution_provider: args.ep, threads: args.threads };
+    let options =
+        RuntimeOptions { onnxruntime_library: args.ort_lib, execution_provider: args.ep, threads: args.threads };
     Restorer::load(dir, &options)
 }
 
@@ -170,7 +172,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 eprintln!("execution provider: {} (chosen by auto)", restorer.execution_provider());
             }
             let noise = match noise {
-                Some(path) => Some(ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?),
+                Some(path) => Some(
+                    ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                ),
                 None => None,
             };
             let options = RestoreOptions {
@@ -219,7 +223,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Info { dir, ort_lib } => {
             let dir = bundle_dir(dir);
-            let restorer = Restorer::load(&dir, &RuntimeOptions { onnxruntime_library: ort_lib, ..Default::default() })?;
+            let restorer =
+                Restorer::load(&dir, &RuntimeOptions { onnxruntime_library: ort_lib, ..Default::default() })?;
             println!("bundle: {}", dir.display());
             println!("onnxruntime: {}", restorer.onnxruntime_library().display());
             println!("manifest:\n{}", serde_json::to_string_pretty(restorer.manifest())?);
@@ -306,7 +311,7 @@ fn progress_bar() -> Arc<dpir::ProgressFn> {
             _ => "work",
         };
         let width = 28;
-        let filled = if p.steps == 0 { 0 } else { p.step * width / p.steps };
+        let filled = (p.step * width).checked_div(p.steps).unwrap_or(0);
         let line = format!(
             "{stage:<6} [{}{}] step {}/{} tile {}/{} {:.1}s",
             "#".repeat(filled),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use ort::ep::{ExecutionProviderDispatch, CUDA, TensorRT};
+use ort::ep::{ExecutionProviderDispatch, TensorRT, CUDA};
 
 /// Where the graphs run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -14,10 +14,20 @@ pub enum ExecutionProvider {
     Cpu,
     /// NVIDIA CUDA on the given device. Needs `libonnxruntime_providers_cuda.so` (from `onnxruntime-gpu`) and the
     /// CUDA 13 / cuDNN 9 libraries.
-    Cuda { device: i32 },
+    Cuda {
+        /// CUDA device ordinal.
+        device: i32,
+    },
     /// NVIDIA TensorRT on the given device, optionally in fp16, caching built engines in `engine_cache`.
     /// Needs `libonnxruntime_providers_tensorrt.so` and TensorRT 10 (`libnvinfer`).
-    TensorRt { device: i32, fp16: bool, engine_cache: Option<PathBuf> },
+    TensorRt {
+        /// CUDA device ordinal.
+        device: i32,
+        /// Build fp16 engines.
+        fp16: bool,
+        /// Directory where built engines are cached (building takes minutes).
+        engine_cache: Option<PathBuf>,
+    },
     /// The best provider that registers: TensorRT, then CUDA (device 0), then CPU.
     Auto,
 }
@@ -54,7 +64,9 @@ impl ExecutionProvider {
     pub(crate) fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
         match self {
             ExecutionProvider::Cpu | ExecutionProvider::Auto => None,
-            ExecutionProvider::Cuda { device } => Some(CUDA::default().with_device_id(*device).build().error_on_failure()),
+            ExecutionProvider::Cuda { device } => {
+                Some(CUDA::default().with_device_id(*device).build().error_on_failure())
+            }
             ExecutionProvider::TensorRt { device, fp16, engine_cache } => {
                 let mut trt = TensorRT::default().with_device_id(*device).with_fp16(*fp16);
                 if let Some(dir) = engine_cache {
@@ -68,8 +80,12 @@ impl ExecutionProvider {
     /// The provider library ONNX Runtime must find for this provider, named in errors.
     pub(crate) fn library(&self) -> Option<&'static str> {
         match self {
-            ExecutionProvider::Cuda { .. } => Some("libonnxruntime_providers_cuda.so (from onnxruntime-gpu) with CUDA 13 and cuDNN 9"),
-            ExecutionProvider::TensorRt { .. } => Some("libonnxruntime_providers_tensorrt.so (from onnxruntime-gpu) with TensorRT 10 (libnvinfer)"),
+            ExecutionProvider::Cuda { .. } => {
+                Some("libonnxruntime_providers_cuda.so (from onnxruntime-gpu) with CUDA 13 and cuDNN 9")
+            }
+            ExecutionProvider::TensorRt { .. } => {
+                Some("libonnxruntime_providers_tensorrt.so (from onnxruntime-gpu) with TensorRT 10 (libnvinfer)")
+            }
             _ => None,
         }
     }

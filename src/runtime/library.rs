@@ -61,10 +61,8 @@ fn load(path: &Path) -> Result<ort::environment::Environment> {
     if !path.is_file() {
         return Err(Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason: "no such file".into() });
     }
-    let builder = ort::init_from(path).map_err(|e| Error::OnnxRuntimeLoad {
-        path: path.to_path_buf(),
-        reason: describe_load_error(&e),
-    })?;
+    let builder = ort::init_from(path)
+        .map_err(|e| Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason: describe_load_error(&e) })?;
     builder
         .with_name("dpir")
         .with_telemetry(false)
@@ -158,9 +156,7 @@ fn python_package_libraries() -> Vec<PathBuf> {
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| {
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
             })
             .collect();
         names.sort();

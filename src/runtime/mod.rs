@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
-use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::session::SessionInputValue;
+use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 
@@ -84,9 +84,7 @@ impl Runtime {
 
     pub(crate) fn load(&self, file: &Path) -> Result<Graph> {
         Graph::load(file, &self.provider, self.threads).map_err(|e| match e {
-            RegisterError::Provider(reason) => {
-                Error::ExecutionProvider { provider: self.provider.to_string(), reason }
-            }
+            RegisterError::Provider(reason) => Error::ExecutionProvider { provider: self.provider.to_string(), reason },
             RegisterError::Other(error) => error,
         })
     }
@@ -98,8 +96,8 @@ enum RegisterError {
 }
 
 fn build_session(file: &Path, provider: &ExecutionProvider, threads: usize) -> ort::Result<Session> {
-    let mut builder = Session::builder(library::environment())?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?;
+    let mut builder =
+        Session::builder(library::environment())?.with_optimization_level(GraphOptimizationLevel::Level3)?;
     if threads > 0 {
         builder = builder.with_intra_threads(threads)?;
     }
@@ -211,10 +209,8 @@ fn mentions_provider(message: &str) -> bool {
 
 fn describe(name: &str, dtype: &ValueType) -> TensorInfo {
     let element = dtype.tensor_type().map_or_else(|| "non-tensor".to_string(), |t| element_name(t).to_string());
-    let shape = dtype
-        .tensor_shape()
-        .map(|shape| shape.iter().map(|&d| (d >= 0).then_some(d)).collect())
-        .unwrap_or_default();
+    let shape =
+        dtype.tensor_shape().map(|shape| shape.iter().map(|&d| (d >= 0).then_some(d)).collect()).unwrap_or_default();
     TensorInfo { name: name.to_string(), element, shape }
 }
 

@@ -46,9 +46,8 @@ pub fn run(command: &mut Command) -> Output {
 
 /// The reference pipeline's Python: $DPIR_PYTHON or the project's venv.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("DPIR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("build/venv/bin/python"));
+    let path =
+        std::env::var_os("DPIR_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join("build/venv/bin/python"));
     assert!(path.exists(), "{} is missing: run `bash tools/setup.sh` (the README's test command does)", path.display());
     path
 }
