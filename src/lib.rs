@@ -21,17 +21,23 @@ mod colour;
 mod error;
 pub mod imagefile;
 mod noise;
+pub mod plan;
 pub mod pixels;
 mod prompt;
 mod resample;
 mod restore;
 mod runtime;
 mod schedule;
+mod source;
+mod tiled;
 
 pub use bundle::{ClipInput, ColorFix, Manifest};
 pub use error::{Error, ErrorKind, Result};
-pub use pixels::{AlphaMode, Image, PixelLayout, SampleType, Transfer};
-pub use restore::{CancelToken, Progress, ProgressFn, Restoration, RestoreOptions, Restorer, Stage, Stats};
+pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
+pub use plan::Rect;
+pub use restore::{
+    CancelToken, Progress, ProgressFn, Region, Requirements, Restoration, RestoreOptions, Restorer, Stage, Stats, TileMode,
+};
 pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
 
 /// The crate version, as `major.minor.patch`.

@@ -2,7 +2,9 @@
 //! conversions from and to the interleaved buffers hosts hand over.
 
 use half::f16;
-use ndarray::{Array2, Array3};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+
+use crate::plan::Rect;
 
 use crate::error::{Error, Result};
 
@@ -153,46 +155,14 @@ impl Image {
 
     /// Reads an interleaved buffer described by `layout`.
     pub fn from_pixels(layout: &PixelLayout, bytes: &[u8]) -> Result<Image> {
-        let span = layout.validate()?;
-        if bytes.len() < span {
-            return Err(Error::InvalidImage(format!("buffer holds {} bytes; the layout needs {span}", bytes.len())));
-        }
-        let (w, h, n) = (layout.width, layout.height, layout.channels);
-        let mut rgb = Array3::<f32>::zeros((3, h, w));
-        let mut alpha = (n == 4).then(|| Array2::<f32>::zeros((h, w)));
-        let mut px = [0f32; 4];
-        for y in 0..h {
-            let row = &bytes[layout.row_offset(y)..];
-            for x in 0..w {
-                for (c, value) in px.iter_mut().enumerate().take(n) {
-                    *value = read_sample(row, (x * n + c) * layout.sample.size(), layout.sample);
-                }
-                let a = if n == 4 { px[3] } else { 1.0 };
-                let mut colour = if n == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
-                if !colour.iter().chain([&a]).all(|v| v.is_finite()) {
-                    return Err(Error::InvalidImage(format!("sample at ({x}, {y}) is not finite")));
-                }
-                if layout.alpha == AlphaMode::Premultiplied {
-                    colour = colour.map(|v| if a > 0.0 { v / a } else { 0.0 });
-                }
-                if layout.transfer == Transfer::Linear {
-                    colour = colour.map(linear_to_srgb);
-                }
-                for c in 0..3 {
-                    rgb[[c, y, x]] = colour[c].clamp(0.0, 1.0);
-                }
-                if let Some(alpha) = alpha.as_mut() {
-                    alpha[[y, x]] = a;
-                }
-            }
-        }
+        let pixels = Pixels::new(*layout, bytes)?;
+        let (rgb, alpha) = pixels.read(Rect::new(0, 0, layout.width, layout.height))?;
         Ok(Image { rgb, alpha })
     }
 
     /// Writes into an interleaved buffer described by `layout`, which must have this image's size. Gray
     /// destinations receive Rec. 709 luma; a destination alpha channel receives the carried alpha (1 if none).
     pub fn write_pixels(&self, layout: &PixelLayout, bytes: &mut [u8]) -> Result<()> {
-        let span = layout.validate()?;
         if (layout.width, layout.height) != (self.width(), self.height()) {
             return Err(Error::InvalidImage(format!(
                 "destination is {}x{}, the image {}x{}",
@@ -202,32 +172,7 @@ impl Image {
                 self.height()
             )));
         }
-        if bytes.len() < span {
-            return Err(Error::InvalidImage(format!("buffer holds {} bytes; the layout needs {span}", bytes.len())));
-        }
-        let n = layout.channels;
-        for y in 0..layout.height {
-            let offset = layout.row_offset(y);
-            let row = &mut bytes[offset..];
-            for x in 0..layout.width {
-                let a = self.alpha.as_ref().map_or(1.0, |alpha| alpha[[y, x]]);
-                let mut colour = [self.rgb[[0, y, x]], self.rgb[[1, y, x]], self.rgb[[2, y, x]]];
-                if layout.transfer == Transfer::Linear {
-                    colour = colour.map(srgb_to_linear);
-                }
-                if layout.alpha == AlphaMode::Premultiplied {
-                    colour = colour.map(|v| v * a);
-                }
-                let px = match n {
-                    1 => [0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2], 0.0, 0.0, 0.0],
-                    3 => [colour[0], colour[1], colour[2], 0.0],
-                    _ => [colour[0], colour[1], colour[2], a],
-                };
-                for (c, &value) in px.iter().enumerate().take(n) {
-                    write_sample(row, (x * n + c) * layout.sample.size(), layout.sample, value);
-                }
-            }
-        }
+        PixelsMut::new(*layout, bytes)?.write((0, 0), self.rgb.view(), self.alpha.as_ref().map(|a| a.view()));
         Ok(())
     }
 
@@ -250,6 +195,124 @@ impl Image {
     pub fn alpha(&self) -> Option<&Array2<f32>> {
         self.alpha.as_ref()
     }
+}
+
+/// An interleaved pixel buffer, checked against its layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Pixels<'a> {
+    layout: PixelLayout,
+    data: &'a [u8],
+}
+
+impl<'a> Pixels<'a> {
+    /// Wraps `data` (for a negative stride: starting at the lowest address, the last row) after checking the
+    /// layout and that `data` spans it.
+    pub fn new(layout: PixelLayout, data: &'a [u8]) -> Result<Pixels<'a>> {
+        check_span(&layout, data.len())?;
+        Ok(Pixels { layout, data })
+    }
+
+    /// The buffer's layout.
+    pub fn layout(&self) -> &PixelLayout {
+        &self.layout
+    }
+
+    /// The pixels of `rect` (inside the buffer) as sRGB-encoded, straight-alpha planes: colour (3, h, w) clamped
+    /// to [0, 1], and alpha (h, w) when the buffer has it. A NaN or infinite sample is an error.
+    pub fn read(&self, rect: Rect) -> Result<(Array3<f32>, Option<Array2<f32>>)> {
+        let layout = &self.layout;
+        assert!(Rect::new(0, 0, layout.width, layout.height).contains(&rect), "reads stay inside the buffer");
+        let n = layout.channels;
+        let mut rgb = Array3::<f32>::zeros((3, rect.height, rect.width));
+        let mut alpha = (n == 4).then(|| Array2::<f32>::zeros((rect.height, rect.width)));
+        let mut px = [0f32; 4];
+        for y in 0..rect.height {
+            let row = &self.data[layout.row_offset(rect.y + y)..];
+            for x in 0..rect.width {
+                for (c, value) in px.iter_mut().enumerate().take(n) {
+                    *value = read_sample(row, ((rect.x + x) * n + c) * layout.sample.size(), layout.sample);
+                    if !value.is_finite() {
+                        return Err(Error::InvalidImage(format!("sample at ({}, {}) is not finite", rect.x + x, rect.y + y)));
+                    }
+                }
+                let a = if n == 4 { px[3] } else { 1.0 };
+                let mut colour = if n == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+                if layout.alpha == AlphaMode::Premultiplied {
+                    colour = colour.map(|v| if a > 0.0 { v / a } else { 0.0 });
+                }
+                if layout.transfer == Transfer::Linear {
+                    colour = colour.map(linear_to_srgb);
+                }
+                for c in 0..3 {
+                    rgb[[c, y, x]] = colour[c].clamp(0.0, 1.0);
+                }
+                if let Some(alpha) = alpha.as_mut() {
+                    alpha[[y, x]] = a;
+                }
+            }
+        }
+        Ok((rgb, alpha))
+    }
+}
+
+/// A writable interleaved pixel buffer, checked against its layout.
+#[derive(Debug)]
+pub struct PixelsMut<'a> {
+    layout: PixelLayout,
+    data: &'a mut [u8],
+}
+
+impl<'a> PixelsMut<'a> {
+    /// Wraps `data` as [`Pixels::new`] does.
+    pub fn new(layout: PixelLayout, data: &'a mut [u8]) -> Result<PixelsMut<'a>> {
+        check_span(&layout, data.len())?;
+        Ok(PixelsMut { layout, data })
+    }
+
+    /// The buffer's layout.
+    pub fn layout(&self) -> &PixelLayout {
+        &self.layout
+    }
+
+    /// Writes planes (colour (3, h, w), optional straight alpha) with their top-left at `(x, y)` of the buffer,
+    /// converting to the buffer's format. Gray receives Rec. 709 luma; an alpha channel receives `alpha` (1 if
+    /// none).
+    pub fn write(&mut self, (x0, y0): (usize, usize), rgb: ArrayView3<'_, f32>, alpha: Option<ArrayView2<'_, f32>>) {
+        let (_, h, w) = rgb.dim();
+        let layout = self.layout;
+        assert!(x0 + w <= layout.width && y0 + h <= layout.height, "writes stay inside the buffer");
+        let n = layout.channels;
+        for y in 0..h {
+            let offset = layout.row_offset(y0 + y);
+            let row = &mut self.data[offset..];
+            for x in 0..w {
+                let a = alpha.as_ref().map_or(1.0, |alpha| alpha[[y, x]]);
+                let mut colour = [rgb[[0, y, x]], rgb[[1, y, x]], rgb[[2, y, x]]];
+                if layout.transfer == Transfer::Linear {
+                    colour = colour.map(srgb_to_linear);
+                }
+                if layout.alpha == AlphaMode::Premultiplied {
+                    colour = colour.map(|v| v * a);
+                }
+                let px = match n {
+                    1 => [0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2], 0.0, 0.0, 0.0],
+                    3 => [colour[0], colour[1], colour[2], 0.0],
+                    _ => [colour[0], colour[1], colour[2], a],
+                };
+                for (c, &value) in px.iter().enumerate().take(n) {
+                    write_sample(row, ((x0 + x) * n + c) * layout.sample.size(), layout.sample, value);
+                }
+            }
+        }
+    }
+}
+
+fn check_span(layout: &PixelLayout, len: usize) -> Result<()> {
+    let span = layout.validate()?;
+    if len < span {
+        return Err(Error::InvalidImage(format!("buffer holds {len} bytes; the layout needs {span}")));
+    }
+    Ok(())
 }
 
 fn read_sample(row: &[u8], at: usize, sample: SampleType) -> f32 {

@@ -3,6 +3,8 @@
 
 use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
 
+use crate::plan::Rect;
+
 use crate::bundle::{ClipSpec, Manifest};
 use crate::error::Result;
 use crate::resample::{resize, Filter};
@@ -15,13 +17,6 @@ pub struct Conditioning {
     pub context: Array3<f32>,
     /// (1, pooled width).
     pub pooled: Array2<f32>,
-}
-
-impl Conditioning {
-    /// The unconditional branch of guidance: everything zero.
-    pub fn zeros_like(&self) -> Conditioning {
-        Conditioning { context: Array3::zeros(self.context.raw_dim()), pooled: Array2::zeros(self.pooled.raw_dim()) }
-    }
 }
 
 /// CLIP preprocessing of a (3, H, W) image in [0, 1]: shortest side to `image_size` (bicubic), centre crop,
@@ -54,89 +49,70 @@ pub fn tile_starts(length: usize, tile: usize, overlap: usize) -> Vec<usize> {
     (0..count).map(|i| (i * stride).min(length - tile)).collect()
 }
 
-/// The rectangles (y, x, height, width) of the global tiles of an image, row-major.
-pub fn global_tiles(height: usize, width: usize, clip: &ClipSpec) -> Vec<(usize, usize, usize, usize)> {
-    let tile_h = clip.global_tile.min(height);
-    let tile_w = clip.global_tile.min(width);
+/// The global tiles of an image of `width x height`, row-major. Only the first `clip_tokens - local_tokens`
+/// can be used (later ones are cut from the context), so only those are returned.
+pub fn global_tiles(width: usize, height: usize, clip: &ClipSpec) -> Vec<Rect> {
+    let room = clip.clip_tokens.saturating_sub(clip.local_tokens);
+    let (tile_w, tile_h) = (clip.global_tile.min(width), clip.global_tile.min(height));
     let mut tiles = Vec::new();
     for y in tile_starts(height, clip.global_tile, clip.global_overlap) {
         for x in tile_starts(width, clip.global_tile, clip.global_overlap) {
-            tiles.push((y, x, tile_h, tile_w));
+            tiles.push(Rect::new(x, y, tile_w, tile_h));
         }
     }
+    tiles.truncate(room);
     tiles
 }
 
-/// Runs both CLIP towers on a batch of preprocessed crops: (N, Tl, Dl) local tokens and (N, Dg) embeddings.
-fn encode_crops(
+/// What the two CLIP towers say about one image: `clip_local`'s tokens (Tl, Dl) and `clip_global`'s embedding
+/// (Dg).
+#[derive(Debug, Clone)]
+pub(crate) struct Features {
+    pub tokens: Array2<f32>,
+    pub embed: Array1<f32>,
+}
+
+impl Features {
+    /// The one-token summary used for a global tile and as the pooled input: CLS token then embedding (Dp).
+    pub fn summary(&self) -> Array1<f32> {
+        concatenate![Axis(0), self.tokens.row(0), self.embed]
+    }
+}
+
+/// Runs both CLIP towers on preprocessed crops (see [`preprocess`]) in one batch per tower.
+pub(crate) fn features(
     crops: &[Array3<f32>],
     clip_local: &Graph,
     clip_global: &Graph,
     timer: &SessionTimer,
-) -> Result<(Array3<f32>, Array2<f32>)> {
+) -> Result<Vec<Features>> {
     let views: Vec<_> = crops.iter().map(|c| c.view().insert_axis(Axis(0))).collect();
     let batch: Array4<f32> = concatenate(Axis(0), &views).expect("crops share one shape");
     let tokens = clip_local.run(&[("pixel_values", batch.view().into_dyn())], &["last_hidden_state"], timer)?;
     let embeds = clip_global.run(&[("pixel_values", batch.view().into_dyn())], &["image_embeds"], timer)?;
-    let tokens = tokens.into_iter().next().unwrap().into_dimensionality().expect("validated rank 3");
-    let embeds = embeds.into_iter().next().unwrap().into_dimensionality().expect("validated rank 2");
-    Ok((tokens, embeds))
+    let tokens: Array3<f32> = tokens.into_iter().next().unwrap().into_dimensionality().expect("validated rank 3");
+    let embeds: Array2<f32> = embeds.into_iter().next().unwrap().into_dimensionality().expect("validated rank 2");
+    Ok(tokens
+        .outer_iter()
+        .zip(embeds.outer_iter())
+        .map(|(t, e)| Features { tokens: t.to_owned(), embed: e.to_owned() })
+        .collect())
 }
 
-/// Builds the context and pooled inputs from the local patch, the global image and the text block.
-///
-/// `local` and `global` are (3, H, W) in [0, 1]; `text` is (text tokens, text width).
-pub fn condition(
-    manifest: &Manifest,
-    local: ArrayView3<'_, f32>,
-    global: ArrayView3<'_, f32>,
-    text: &Array2<f32>,
-    clip_local: &Graph,
-    clip_global: &Graph,
-    timer: &SessionTimer,
-) -> Result<Conditioning> {
+/// Builds the transformer's context and pooled inputs from the local patch's features, the global tokens
+/// (one summary row per global tile) and the text block (text tokens, text width).
+pub(crate) fn assemble(manifest: &Manifest, local: &Features, global: &[Array1<f32>], text: &Array2<f32>) -> Conditioning {
     let clip = &manifest.clip;
-    // One batch for both towers: the local patch first, then each global tile. A tile that is the local patch
-    // itself (the whole image, when nothing is tiled) reuses its features.
-    let mut crops = vec![preprocess(local, clip)];
-    let (_, gh, gw) = global.dim();
-    let same_image =
-        local.as_ptr() == global.as_ptr() && local.raw_dim() == global.raw_dim() && local.strides() == global.strides();
-    // Tokens past `clip_tokens` are cut, so only the tiles that fit are encoded.
-    let room = clip.clip_tokens.saturating_sub(clip.local_tokens);
-    let tile_crops: Vec<usize> = global_tiles(gh, gw, clip)
-        .into_iter()
-        .take(room)
-        .map(|(y, x, h, w)| {
-            if same_image && (y, x, h, w) == (0, 0, gh, gw) {
-                0
-            } else {
-                crops.push(preprocess(global.slice(s![.., y..y + h, x..x + w]), clip));
-                crops.len() - 1
-            }
-        })
-        .collect();
-    let (tokens, embeds) = encode_crops(&crops, clip_local, clip_global, timer)?;
-    let pooled_row: Array1<f32> = concatenate![Axis(0), tokens.slice(s![0, 0, ..]), embeds.slice(s![0, ..])];
-
-    let pooled_width = manifest.transformer.pooled_width;
     let mut context = Array3::<f32>::zeros((1, manifest.context_tokens(), manifest.transformer.context_width));
-    // CLIP block: the local tokens (zero-padded to the pooled width), then one token per global tile.
-    let mut row = 0;
-    for token in tokens.index_axis(Axis(0), 0).outer_iter().take(clip.clip_tokens) {
+    // CLIP block: the local tokens (zero-padded to the pooled width), then one token per global tile, cut at
+    // clip_tokens rows.
+    let rows = local.tokens.outer_iter().chain(global.iter().map(|g| g.view())).take(clip.clip_tokens);
+    for (row, token) in rows.enumerate() {
         context.slice_mut(s![0, row, ..token.len()]).assign(&token);
-        row += 1;
-    }
-    for &crop in &tile_crops {
-        let cls = tokens.slice(s![crop, 0, ..]);
-        context.slice_mut(s![0, row, ..cls.len()]).assign(&cls);
-        context.slice_mut(s![0, row, cls.len()..pooled_width]).assign(&embeds.index_axis(Axis(0), crop));
-        row += 1;
     }
     // Text block below the CLIP block.
     context.slice_mut(s![0, clip.clip_tokens.., ..manifest.text.width]).assign(text);
-    let pooled = pooled_row.insert_axis(Axis(0));
-    Ok(Conditioning { context, pooled })
+    Conditioning { context, pooled: local.summary().insert_axis(Axis(0)) }
 }
 
 #[cfg(test)]
@@ -155,8 +131,8 @@ mod tests {
     #[test]
     fn small_images_get_one_clamped_tile() {
         // The official code starts this tile at a negative row; ours covers the whole image.
-        let clip_tiles = global_tiles(768, 1024, &test_clip());
-        assert_eq!(clip_tiles, vec![(0, 0, 768, 1024)]);
+        let clip_tiles = global_tiles(1024, 768, &test_clip());
+        assert_eq!(clip_tiles, vec![Rect::new(0, 0, 1024, 768)]);
     }
 
     fn test_clip() -> ClipSpec {

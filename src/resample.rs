@@ -55,8 +55,11 @@ fn sinc(x: f64) -> f64 {
     }
 }
 
-/// For each output sample: the first input index and the normalised weights from there on.
-fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
+/// The taps of one output sample: the first input index it reads and the normalised weights from there on.
+pub(crate) type Taps = (usize, Vec<f64>);
+
+/// The taps of every output sample when a line of `n_in` samples is resized to `n_out`.
+pub(crate) fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<Taps> {
     let scale = n_in as f64 / n_out as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -81,44 +84,52 @@ fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<(usize, Vec<f6
 /// between the passes as Pillow does. No clamping: kernels with lobes can overshoot.
 pub fn resize(planes: ArrayView3<'_, f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
     let (_, in_h, in_w) = planes.dim();
-    let horizontal = if in_w == width { planes.to_owned() } else { resize_columns(planes, width, filter) };
+    let horizontal = if in_w == width {
+        planes.to_owned()
+    } else {
+        let taps = coefficients(filter, in_w, width);
+        apply_columns(planes, 0, &taps.iter().collect::<Vec<_>>())
+    };
     if in_h == height {
         return horizontal;
     }
-    resize_rows(horizontal.view(), height, filter)
+    let taps = coefficients(filter, in_h, height);
+    apply_rows(horizontal.view(), 0, &taps.iter().collect::<Vec<_>>())
 }
 
-/// Resizes along axis 2 of (C, H, W): each output sample is a dot product with a contiguous run of its row.
-fn resize_columns(planes: ArrayView3<'_, f32>, n_out: usize, filter: Filter) -> Array3<f32> {
+/// Resamples along axis 2 of (C, H, W) whose first column is input column `x0`: output column `j` is the dot
+/// product of `taps[j]` with a contiguous run of its row.
+pub(crate) fn apply_columns(planes: ArrayView3<'_, f32>, x0: usize, taps: &[&Taps]) -> Array3<f32> {
     let (channels, h, n_in) = planes.dim();
-    let coeffs = coefficients(filter, n_in, n_out);
     let planes = planes.as_standard_layout();
     let src = planes.as_slice().expect("standard layout");
+    let n_out = taps.len();
     let mut out = vec![0f32; channels * h * n_out];
     for (row, dst) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-        for (d, (lo, weights)) in dst.iter_mut().zip(&coeffs) {
-            let taps = &row[*lo..lo + weights.len()];
-            *d = taps.iter().zip(weights).map(|(&v, &w)| v as f64 * w).sum::<f64>() as f32;
+        for (d, (lo, weights)) in dst.iter_mut().zip(taps.iter().copied()) {
+            let run = &row[lo - x0..lo - x0 + weights.len()];
+            *d = run.iter().zip(weights).map(|(&v, &w)| v as f64 * w).sum::<f64>() as f32;
         }
     }
     Array3::from_shape_vec((channels, h, n_out), out).expect("sized")
 }
 
-/// Resizes along axis 1 of a standard-layout (C, N, W) array: each output row is a weighted sum of input rows,
-/// accumulated in f64 across the whole row at once.
-fn resize_rows(planes: ArrayView3<'_, f32>, n_out: usize, filter: Filter) -> Array3<f32> {
+/// Resamples along axis 1 of (C, N, W) whose first row is input row `y0`: each output row is a weighted sum of
+/// input rows, accumulated in f64 across the whole row at once.
+pub(crate) fn apply_rows(planes: ArrayView3<'_, f32>, y0: usize, taps: &[&Taps]) -> Array3<f32> {
     let (channels, n_in, w) = planes.dim();
-    let coeffs = coefficients(filter, n_in, n_out);
+    let planes = planes.as_standard_layout();
     let src = planes.as_slice().expect("standard layout");
+    let n_out = taps.len();
     let mut out = vec![0f32; channels * n_out * w];
     let mut acc = vec![0f64; w];
     for c in 0..channels {
         let plane = &src[c * n_in * w..(c + 1) * n_in * w];
-        for (j, (lo, weights)) in coeffs.iter().enumerate() {
+        for (j, (lo, weights)) in taps.iter().copied().enumerate() {
             acc.fill(0.0);
             for (k, &weight) in weights.iter().enumerate() {
-                let row = &plane[(lo + k) * w..(lo + k + 1) * w];
-                for (a, &v) in acc.iter_mut().zip(row) {
+                let r = lo - y0 + k;
+                for (a, &v) in acc.iter_mut().zip(&plane[r * w..(r + 1) * w]) {
                     *a += v as f64 * weight;
                 }
             }

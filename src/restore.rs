@@ -1,24 +1,22 @@
-//! The restorer: a loaded bundle and its sessions, and the DPIR procedure for an image that fits one pass.
-//!
-//! Stages, in order: prepare (upsample, pad), encode (E_dr), condition (dual prompts), sample (flow-match Euler
-//! with optional guidance), decode, colour fix, crop. Each is a function a tile planner can drive on its own.
+//! The restorer: a loaded bundle and its sessions, the public entry points, and the model-facing stages
+//! (encode, prompts, velocity, decode) that the tile engine (`tiled`) drives.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis, CowArray, Ix3};
+use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, Role};
-use crate::colour::wavelet_fix;
 use crate::error::{Error, Result};
 use crate::noise::{latent_noise, Stream};
-use crate::pixels::{Image, MAX_SIDE};
-use crate::prompt::{self, Conditioning};
-use crate::resample::{resize, Filter};
-use crate::runtime::{ExecutionProvider, Graph, Runtime, RuntimeOptions, SessionTimer};
-use crate::schedule;
+use crate::pixels::{Image, Pixels, PixelsMut, MAX_SIDE};
+use crate::plan::Rect;
+use crate::prompt::{self, Conditioning, Features};
+use crate::runtime::{ExecutionProvider, Graph, Runtime, RuntimeOptions, SessionTimer, TensorInfo};
+use crate::source::{FrameSource, ImageSink, SourceData};
+use crate::tiled;
 
 /// What the restorer is doing, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +90,39 @@ pub struct RestoreOptions {
     pub color_fix: Option<ColorFix>,
     /// Draw the LQ latent from the encoder's posterior (seeded) instead of taking its mean.
     pub sample_posterior: bool,
-    /// Starting noise (1, C, h, w) for the padded latent, replacing the seeded draw (for parity tests).
+    /// Starting noise (1, C, h, w) for the whole padded latent frame, replacing the seeded draw (for parity
+    /// tests). Tiles take their window of it.
     pub noise: Option<Array4<f32>>,
+    /// How images larger than one tile are sampled. Default: [`TileMode::Independent`].
+    pub tile_mode: TileMode,
+    /// Tile side in latent samples (a multiple of the patch size, at most what one pass takes). Default: the
+    /// bundle's `latent_tile` (128 = 1024 px for SD3), capped at one pass.
+    pub tile_size: Option<usize>,
+    /// Overlap of neighbouring tiles in latent samples. Default: the bundle's `latent_overlap` (16).
+    pub tile_overlap: Option<usize>,
+    /// Tiles per transformer call in joint mode (the graph's batch axis). Default 1.
+    pub tile_batch: Option<usize>,
+    /// Joint-mode region renders: pixels of surrounding frame sampled with the region. Default: one tile
+    /// overlap. No effect in independent mode, where a region needs only the tiles that touch it.
+    pub context_margin: Option<usize>,
     /// Progress reports; returning false cancels.
     pub progress: Option<Arc<ProgressFn>>,
     /// Cancellation from another thread.
     pub cancel: Option<CancelToken>,
+}
+
+/// How an image larger than one tile is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TileMode {
+    /// Each tile is sampled, decoded and colour-fixed on its own, then blended with its neighbours (cosine ramps
+    /// over the overlaps). A pixel depends only on the tiles that contain it, so region renders equal the same
+    /// region of a full render, and memory stays per tile.
+    #[default]
+    Independent,
+    /// Every step blends all tiles' velocities with Gaussian weights before one Euler step on the whole latent
+    /// (the official tiled sampler, without its bugs); the latent is then decoded in tiles with margins. Needs
+    /// the whole frame's latent in memory; region renders only approximate the full render.
+    Joint,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -112,6 +137,11 @@ impl std::fmt::Debug for RestoreOptions {
             .field("color_fix", &self.color_fix)
             .field("sample_posterior", &self.sample_posterior)
             .field("noise", &self.noise.as_ref().map(|n| n.dim()))
+            .field("tile_mode", &self.tile_mode)
+            .field("tile_size", &self.tile_size)
+            .field("tile_overlap", &self.tile_overlap)
+            .field("tile_batch", &self.tile_batch)
+            .field("context_margin", &self.context_margin)
             .finish_non_exhaustive()
     }
 }
@@ -121,7 +151,7 @@ impl std::fmt::Debug for RestoreOptions {
 pub struct Restoration {
     /// The restored image, at the requested scale.
     pub image: Image,
-    /// The starting noise that was used, (1, C, h, w).
+    /// The starting noise of the whole padded latent frame, (1, C, h, w).
     pub noise: Array4<f32>,
     /// Timings.
     pub stats: Stats,
@@ -136,21 +166,62 @@ pub struct Stats {
     pub in_session: Duration,
     /// Graph runs made.
     pub model_calls: usize,
+    /// Sampling tiles rendered.
+    pub tiles: usize,
+}
+
+/// A rectangle of a frame to restore, from a crop of the frame's pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct Region<'a> {
+    /// Input pixels covering at least [`Restorer::region_of_interest`] of `rect`.
+    pub source: Pixels<'a>,
+    /// Where `source`'s top-left pixel sits in the frame, in input pixels.
+    pub origin: (usize, usize),
+    /// The whole frame's (width, height) in input pixels.
+    pub frame: (usize, usize),
+    /// The rectangle to produce, in output-frame pixels (the frame times the scale).
+    pub rect: Rect,
+    /// The whole frame (any resolution) for the global prompt. `None`: the crop stands in for it, and the result
+    /// then differs from a full-frame render.
+    pub context: Option<Pixels<'a>>,
+}
+
+/// What a restore of a given size needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirements {
+    /// The model works on multiples of this many pixels (inputs are padded to it).
+    pub pixel_multiple: usize,
+    /// The largest side one pass takes, in pixels; larger images are tiled.
+    pub max_pass_size: usize,
+    /// Output (width, height).
+    pub output_size: (usize, usize),
+    /// Sampling tiles.
+    pub tiles: usize,
+    /// Rough peak memory of the restore beyond the caller's buffers, in bytes (weights not included).
+    pub estimated_bytes: u64,
 }
 
 /// The resolved settings of one restore.
-struct Settings {
-    scale: f32,
-    steps: usize,
-    seed: u64,
-    guidance: f32,
-    clip_input: ClipInput,
-    color_fix: ColorFix,
-    text: Array2<f32>,
+pub(crate) struct Settings {
+    pub scale: f32,
+    pub steps: usize,
+    pub seed: u64,
+    pub guidance: f32,
+    pub clip_input: ClipInput,
+    pub color_fix: ColorFix,
+    pub text: Array2<f32>,
+    pub posterior: bool,
+    pub mode: TileMode,
+    /// Tile side and overlap, latent samples.
+    pub tile: usize,
+    pub overlap: usize,
+    pub batch: usize,
+    pub context_margin: usize,
 }
 
 /// A loaded model bundle, ready to restore images. Shareable between threads (`Send + Sync`); each restore's
-/// state lives in the call.
+/// state lives in the call, so several threads can restore with one model at once (graph runs are serialised
+/// per graph; ONNX Runtime parallelises inside each run).
 pub struct Restorer {
     dir: PathBuf,
     manifest: Manifest,
@@ -159,14 +230,16 @@ pub struct Restorer {
 }
 
 /// Per-call state: options, timers, progress.
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     options: &'a RestoreOptions,
     timer: SessionTimer,
     calls: std::cell::Cell<usize>,
+    tiles: std::cell::Cell<usize>,
 }
 
 impl Call<'_> {
-    fn report(&self, progress: Progress) -> Result<()> {
+    /// Reports progress; an error when the caller cancelled.
+    pub(crate) fn report(&self, progress: Progress) -> Result<()> {
         if self.options.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled);
         }
@@ -181,6 +254,14 @@ impl Call<'_> {
     fn counted(&self) -> &SessionTimer {
         self.calls.set(self.calls.get() + 1);
         &self.timer
+    }
+
+    pub(crate) fn tile_done(&self) {
+        self.tiles.set(self.tiles.get() + 1);
+    }
+
+    pub(crate) fn options(&self) -> &RestoreOptions {
+        self.options
     }
 }
 
@@ -197,13 +278,8 @@ impl Restorer {
         }
         let (runtime, transformer) = Runtime::new(options, &dir.join(Role::Transformer.file_name()))?;
         let load = |role: Role| runtime.load(&dir.join(role.file_name()));
-        let graphs = [
-            load(Role::VaeEncoder)?,
-            load(Role::VaeDecoder)?,
-            load(Role::ClipLocal)?,
-            load(Role::ClipGlobal)?,
-            transformer,
-        ];
+        let graphs =
+            [load(Role::VaeEncoder)?, load(Role::VaeDecoder)?, load(Role::ClipLocal)?, load(Role::ClipGlobal)?, transformer];
         let restorer = Restorer { dir, manifest, runtime, graphs };
         for role in Role::ALL {
             restorer.manifest.check_graph(role, restorer.graph(role))?;
@@ -233,7 +309,7 @@ impl Restorer {
     }
 
     /// Each graph's declared inputs and outputs, by file name.
-    pub fn signatures(&self) -> Vec<(&'static str, Vec<crate::runtime::TensorInfo>, Vec<crate::runtime::TensorInfo>)> {
+    pub fn signatures(&self) -> Vec<(&'static str, Vec<TensorInfo>, Vec<TensorInfo>)> {
         Role::ALL
             .iter()
             .map(|&role| {
@@ -243,82 +319,138 @@ impl Restorer {
             .collect()
     }
 
-    fn graph(&self, role: Role) -> &Graph {
+    pub(crate) fn graph(&self, role: Role) -> &Graph {
         let index = Role::ALL.iter().position(|&r| r == role).expect("every role has a graph");
         &self.graphs[index]
     }
 
-    /// Restores an image. See [`Restorer::restore_detailed`].
+    /// Restores a whole image. See [`Restorer::restore_detailed`].
     pub fn restore(&self, image: &Image, options: &RestoreOptions) -> Result<Image> {
         self.restore_detailed(image, options).map(|r| r.image)
     }
 
-    /// Restores an image that fits one pass, returning the result with its starting noise and timings.
+    /// Restores a whole image of any size (tiled when it exceeds one tile), returning the result with the whole
+    /// frame's starting noise and timings.
     pub fn restore_detailed(&self, image: &Image, options: &RestoreOptions) -> Result<Restoration> {
         let started = Instant::now();
         let settings = self.settings(options)?;
-        let call = Call { options, timer: SessionTimer::default(), calls: Default::default() };
-        let m = &self.manifest;
-        let (out_h, out_w) = self.output_size(image.height(), image.width(), settings.scale)?;
-        let multiple = m.pixel_multiple();
-        let (pad_h, pad_w) = (out_h.div_ceil(multiple) * multiple, out_w.div_ceil(multiple) * multiple);
-        let latent_hw = (pad_h / m.latent.downscale, pad_w / m.latent.downscale);
-
+        let frame_in = (image.width(), image.height());
+        let (width, height) = self.output_size(frame_in.0, frame_in.1, settings.scale)?;
+        let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
+        let mut sink = ImageSink::new(width, height, image.alpha().is_some());
+        let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let frame = tiled::Frame { source: &source, context: None, rect: Rect::new(0, 0, width, height) };
+        tiled::render(self, &frame, &settings, &mut sink, &call)?;
+        let image = sink.finish()?;
         let noise = match &options.noise {
-            Some(noise) => {
-                let want = (1, m.latent.channels, latent_hw.0, latent_hw.1);
-                if noise.dim() != want {
-                    return Err(Error::InvalidOptions(format!(
-                        "noise has shape {:?}; this image needs {want:?}",
-                        noise.dim()
-                    )));
-                }
-                noise.clone()
-            }
-            None => latent_noise(settings.seed, Stream::Start, m.latent.channels, (0, 0), latent_hw),
+            Some(noise) => noise.clone(),
+            None => self.starting_noise(frame_in.0, frame_in.1, options)?,
         };
-
-        call.report(Progress { stage: Stage::Encode, step: 0, steps: settings.steps, tile: 1, tiles: 1 })?;
-        let lq = upsample(image.rgb().view(), out_h, out_w);
-        let z_lq = self.encode(encoder_input(lq.view(), pad_h, pad_w), &settings, options.sample_posterior, &call)?;
-
-        call.report(Progress { stage: Stage::Prompt, step: 0, steps: settings.steps, tile: 1, tiles: 1 })?;
-        let clip_image: CowArray<'_, f32, Ix3> = match settings.clip_input {
-            ClipInput::Lq => CowArray::from(lq.view()),
-            ClipInput::InitialRestoration => CowArray::from(self.decode(&z_lq, (out_h, out_w), &call)?),
-        };
-        let conditioning = prompt::condition(
-            m,
-            clip_image.view(),
-            clip_image.view(),
-            &settings.text,
-            self.graph(Role::ClipLocal),
-            self.graph(Role::ClipGlobal),
-            call.counted(),
-        )?;
-
-        let latent = self.sample(noise.clone(), &z_lq, &conditioning, &settings, &call)?;
-
-        call.report(Progress { stage: Stage::Decode, step: settings.steps, steps: settings.steps, tile: 1, tiles: 1 })?;
-        let restored = self.decode(&latent, (out_h, out_w), &call)?;
-        check_output(restored.view(), lq.view())?;
-        let fixed = match settings.color_fix {
-            ColorFix::Wavelet => wavelet_fix(restored, lq.view()),
-            ColorFix::None => restored,
-        };
-        let alpha = image.alpha().map(|a| resize_alpha(a, out_h, out_w));
-        let image = Image::from_planes(fixed, alpha)?;
-        let stats = Stats { total: started.elapsed(), in_session: call.timer.total(), model_calls: call.calls.get() };
-        Ok(Restoration { image, noise, stats })
+        Ok(Restoration { image, noise, stats: call.stats(started) })
     }
 
-    fn settings(&self, options: &RestoreOptions) -> Result<Settings> {
-        let d = &self.manifest.defaults;
+    /// The starting noise a restore of a `width x height` input draws over the whole padded latent frame,
+    /// (1, C, h, w): what `--save-noise` writes and [`RestoreOptions::noise`] accepts.
+    pub fn starting_noise(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Array4<f32>> {
+        let settings = self.settings(options)?;
+        let (w, h) = self.output_size(width, height, settings.scale)?;
+        let (lw, lh) = self.latent_size(w, h);
+        Ok(latent_noise(settings.seed, Stream::Start, self.manifest.latent.channels, (0, 0), (lh, lw)))
+    }
+
+    /// Restores a whole frame from an interleaved buffer into another, sized to the output
+    /// ([`Restorer::requirements`] says how large). Neither buffer is held beyond what the current tiles need.
+    pub fn restore_pixels(&self, source: &Pixels<'_>, dest: &mut PixelsMut<'_>, options: &RestoreOptions) -> Result<Stats> {
+        let layout = source.layout();
+        let region = Region {
+            source: *source,
+            origin: (0, 0),
+            frame: (layout.width, layout.height),
+            rect: {
+                let scale = options.scale.unwrap_or(1.0);
+                let (w, h) = self.output_size(layout.width, layout.height, scale)?;
+                Rect::new(0, 0, w, h)
+            },
+            context: None,
+        };
+        self.restore_region(&region, dest, options)
+    }
+
+    /// Restores `region.rect` of a frame into `dest` (sized to the rectangle). In independent mode the result
+    /// equals the same rectangle of a full-frame render when `region.context` is the whole frame (or the crop is).
+    /// On error `dest` may hold some finished rows; callers that must not show partial results restore into a
+    /// scratch buffer.
+    pub fn restore_region(&self, region: &Region<'_>, dest: &mut PixelsMut<'_>, options: &RestoreOptions) -> Result<Stats> {
+        let started = Instant::now();
+        let settings = self.settings(options)?;
+        let (width, height) = self.output_size(region.frame.0, region.frame.1, settings.scale)?;
+        let rect = region.rect;
+        if rect.is_empty() || !Rect::new(0, 0, width, height).contains(&rect) {
+            return Err(Error::InvalidOptions(format!(
+                "region {}x{} at ({}, {}) is not inside the {width}x{height} output frame",
+                rect.width, rect.height, rect.x, rect.y
+            )));
+        }
+        let layout = dest.layout();
+        if (layout.width, layout.height) != (rect.width, rect.height) {
+            return Err(Error::InvalidImage(format!(
+                "destination is {}x{}, the region {}x{}",
+                layout.width, layout.height, rect.width, rect.height
+            )));
+        }
+        let source_layout = region.source.layout();
+        if region.origin.0 + source_layout.width > region.frame.0 || region.origin.1 + source_layout.height > region.frame.1 {
+            return Err(Error::InvalidImage("the source crop extends past the frame".into()));
+        }
+        let source = FrameSource::new(SourceData::Pixels(region.source), region.origin, region.frame, (width, height));
+        let context = match (&region.context, source_layout.width == region.frame.0 && source_layout.height == region.frame.1) {
+            (Some(context), _) => Some(self.context_source(SourceData::Pixels(*context), settings.scale)?),
+            (None, true) => None,
+            (None, false) => Some(self.context_source(SourceData::Pixels(region.source), settings.scale)?),
+        };
+        let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let frame = tiled::Frame { source: &source, context: context.as_ref(), rect };
+        tiled::render(self, &frame, &settings, dest, &call)?;
+        Ok(call.stats(started))
+    }
+
+    /// A context image read as its own frame at the restore's scale.
+    fn context_source<'a>(&self, data: SourceData<'a>, scale: f32) -> Result<FrameSource<'a>> {
+        let (w, h) = data.size();
+        let out = self.output_size(w, h, scale)?;
+        Ok(FrameSource::new(data, (0, 0), (w, h), out))
+    }
+
+    /// The input pixels (frame coordinates) a render of `rect` (output-frame pixels) reads, for a frame of
+    /// `frame` (width, height) input pixels. Hosts that render in tiles ask for this much around each tile.
+    pub fn region_of_interest(&self, frame: (usize, usize), rect: Rect, options: &RestoreOptions) -> Result<Rect> {
+        let settings = self.settings(options)?;
+        let out = self.output_size(frame.0, frame.1, settings.scale)?;
+        tiled::region_of_interest(self, frame, out, rect, &settings)
+    }
+
+    /// What restoring a `width x height` image with these options needs.
+    pub fn requirements(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Requirements> {
+        let settings = self.settings(options)?;
+        let output_size = self.output_size(width, height, settings.scale)?;
+        let plan = tiled::Plan::new(self, output_size, &settings);
+        Ok(Requirements {
+            pixel_multiple: self.manifest.pixel_multiple(),
+            max_pass_size: self.manifest.max_pass_size(),
+            output_size,
+            tiles: plan.tiles.len(),
+            estimated_bytes: plan.estimated_bytes(self, &settings),
+        })
+    }
+
+    pub(crate) fn settings(&self, options: &RestoreOptions) -> Result<Settings> {
+        let m = &self.manifest;
+        let d = &m.defaults;
         let scale = options.scale.unwrap_or(1.0);
         if !(scale.is_finite() && scale > 0.0) {
             return Err(Error::InvalidOptions(format!("scale must be a positive number, got {scale}")));
         }
-        let steps = options.steps.unwrap_or(self.manifest.scheduler.steps);
+        let steps = options.steps.unwrap_or(m.scheduler.steps);
         if !(1..=1000).contains(&steps) {
             return Err(Error::InvalidOptions(format!("steps must be between 1 and 1000, got {steps}")));
         }
@@ -326,64 +458,97 @@ impl Restorer {
         if !(guidance.is_finite() && (1.0..=100.0).contains(&guidance)) {
             return Err(Error::InvalidOptions(format!("guidance must be between 1 and 100, got {guidance}")));
         }
-        let prompt = options.prompt.as_deref().unwrap_or(&self.manifest.text.default);
+        let patch = m.transformer.patch_size;
+        let max_tile = m.transformer.max_patches * patch;
+        let tile = options.tile_size.unwrap_or(d.latent_tile.min(max_tile));
+        if tile < patch || tile > max_tile {
+            return Err(Error::InvalidOptions(format!(
+                "tile size must be between {patch} and {max_tile} latent samples for this model, got {tile}"
+            )));
+        }
+        let tile = tile / patch * patch;
+        let overlap = options.tile_overlap.unwrap_or(d.latent_overlap);
+        if overlap >= tile {
+            return Err(Error::InvalidOptions(format!("tile overlap {overlap} must be smaller than the tile ({tile})")));
+        }
+        let batch = options.tile_batch.unwrap_or(1);
+        if !(1..=64).contains(&batch) {
+            return Err(Error::InvalidOptions(format!("tile batch must be between 1 and 64, got {batch}")));
+        }
+        let prompt = options.prompt.as_deref().unwrap_or(&m.text.default);
         Ok(Settings {
             scale,
             steps,
             seed: options.seed.unwrap_or(d.seed),
             guidance,
-            clip_input: options.clip_input.unwrap_or(self.manifest.clip.input),
+            clip_input: options.clip_input.unwrap_or(m.clip.input),
             color_fix: options.color_fix.unwrap_or(d.color_fix),
-            text: bundle::load_prompt(&self.dir, &self.manifest, prompt)?,
+            text: bundle::load_prompt(&self.dir, m, prompt)?,
+            posterior: options.sample_posterior,
+            mode: options.tile_mode,
+            tile,
+            overlap,
+            batch,
+            context_margin: options.context_margin.unwrap_or(overlap * m.latent.downscale),
         })
     }
 
-    /// The output size for an input size and scale; refuses what one pass cannot take.
-    pub fn output_size(&self, height: usize, width: usize, scale: f32) -> Result<(usize, usize)> {
+    /// The output (width, height) for an input size and scale.
+    pub fn output_size(&self, width: usize, height: usize, scale: f32) -> Result<(usize, usize)> {
+        if width == 0 || height == 0 {
+            return Err(Error::InvalidImage(format!("{width}x{height} has no pixels")));
+        }
         let scaled = |n: usize| ((n as f64 * scale as f64).round() as usize).max(1);
-        let (h, w) = (scaled(height), scaled(width));
-        if h > MAX_SIDE || w > MAX_SIDE {
+        let (w, h) = (scaled(width), scaled(height));
+        if w > MAX_SIDE || h > MAX_SIDE {
             return Err(Error::TooLarge(format!("{w}x{h} exceeds the largest side of {MAX_SIDE} pixels")));
         }
-        let max = self.manifest.max_pass_size();
-        let multiple = self.manifest.pixel_multiple();
-        if h.div_ceil(multiple) * multiple > max || w.div_ceil(multiple) * multiple > max {
-            return Err(Error::TooLarge(format!(
-                "output {w}x{h} exceeds the {max}x{max} pixels this model takes in one pass"
-            )));
-        }
-        Ok((h, w))
+        Ok((w, h))
     }
 
-    /// `z_LQ = (mean - shift) * scaling` (or a seeded draw from the posterior), from the encoder's input.
-    fn encode(&self, input: Array4<f32>, settings: &Settings, posterior: bool, call: &Call) -> Result<Array4<f32>> {
+    /// The padded latent frame (width, height) of an output frame.
+    pub(crate) fn latent_size(&self, width: usize, height: usize) -> (usize, usize) {
+        let m = &self.manifest;
+        let (multiple, patch) = (m.pixel_multiple(), m.transformer.patch_size);
+        (width.div_ceil(multiple) * patch, height.div_ceil(multiple) * patch)
+    }
+
+    /// `z_LQ = (mean - shift) * scaling` of LQ pixels (3, h, w) in [0, 1], w and h multiples of the downscale;
+    /// with a posterior draw, its noise sits at `latent_origin` (y, x) of the frame.
+    pub(crate) fn encode(
+        &self,
+        lq: ArrayView3<'_, f32>,
+        latent_origin: (usize, usize),
+        settings: &Settings,
+        call: &Call,
+    ) -> Result<Array4<f32>> {
         let latent = &self.manifest.latent;
-        let mut out = self.graph(Role::VaeEncoder).run(
-            &[("image", input.view().into_dyn())],
-            &["mean", "logvar"],
-            call.counted(),
-        )?;
+        let input = lq.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
+        let mut out =
+            self.graph(Role::VaeEncoder).run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
         let logvar = out.pop().expect("two outputs");
         let mut z: Array4<f32> = out.pop().expect("two outputs").into_dimensionality().map_err(|_| bad_rank("mean"))?;
-        if posterior {
+        if settings.posterior {
             let (_, c, h, w) = z.dim();
-            let eps = latent_noise(settings.seed, Stream::Posterior, c, (0, 0), (h, w));
+            let origin = (latent_origin.0 as i64, latent_origin.1 as i64);
+            let eps = latent_noise(settings.seed, Stream::Posterior, c, origin, (h, w));
             let logvar: Array4<f32> = logvar.into_dimensionality().map_err(|_| bad_rank("logvar"))?;
-            ndarray::Zip::from(&mut z).and(&logvar).and(&eps).for_each(|z, &lv, &e| *z += (0.5 * lv).exp() * e);
+            Zip::from(&mut z).and(&logvar).and(&eps).for_each(|z, &lv, &e| *z += (0.5 * lv).exp() * e);
         }
         z.mapv_inplace(|v| (v - latent.shift_factor) * latent.scaling_factor);
         Ok(z)
     }
 
-    /// `clamp((D(z / scaling + shift) + 1) / 2, 0, 1)`, cropped to `(height, width)`, as (3, H, W).
-    fn decode(&self, z: &Array4<f32>, (height, width): (usize, usize), call: &Call) -> Result<Array3<f32>> {
+    /// `clamp((D(z / scaling + shift) + 1) / 2, 0, 1)` of a (1, C, h, w) latent, the pixels of `keep` (relative
+    /// to the decoded image), as (3, H, W).
+    pub(crate) fn decode(&self, z: ArrayView4<'_, f32>, keep: Rect, call: &Call) -> Result<Array3<f32>> {
         let latent = &self.manifest.latent;
         let input = z.mapv(|v| v / latent.scaling_factor + latent.shift_factor);
         let graph = self.graph(Role::VaeDecoder);
         graph.run_with(&[("latent", input.view().into_dyn())], &["image"], call.counted(), |outputs| {
             let image = outputs[0].view().into_dimensionality::<ndarray::Ix4>().map_err(|_| bad_rank("image"))?;
             let mut finite = true;
-            let pixels = image.slice(s![0, .., ..height, ..width]).mapv(|v| {
+            let pixels = image.slice(s![0, .., keep.y..keep.bottom(), keep.x..keep.right()]).mapv(|v| {
                 finite &= v.is_finite();
                 ((v + 1.0) / 2.0).clamp(0.0, 1.0)
             });
@@ -394,98 +559,69 @@ impl Restorer {
         })
     }
 
-    /// The Euler loop over the shifted flow-matching schedule, with guidance when > 1.
-    fn sample(
+    /// CLIP features of preprocessed crops ([`prompt::preprocess`]).
+    pub(crate) fn clip_features(&self, crops: &[Array3<f32>], call: &Call) -> Result<Vec<Features>> {
+        call.counted(); // the second of the two graph runs
+        prompt::features(crops, self.graph(Role::ClipLocal), self.graph(Role::ClipGlobal), call.counted())
+    }
+
+    /// The guided velocity of a batch of samples at `sigma`: z and z_lq (B, C, h, w), one conditioning each.
+    /// With guidance > 1 the batch is doubled with all-zero prompts and `v_u + g (v_c - v_u)` returned.
+    pub(crate) fn velocity(
         &self,
-        mut z: Array4<f32>,
-        z_lq: &Array4<f32>,
-        cond: &Conditioning,
+        z: ArrayView4<'_, f32>,
+        z_lq: ArrayView4<'_, f32>,
+        conditions: &[&Conditioning],
+        sigma: f32,
         settings: &Settings,
         call: &Call,
     ) -> Result<Array4<f32>> {
-        let sigmas = schedule::sigmas(&self.manifest.scheduler, settings.steps);
-        let uncond = (settings.guidance > 1.0).then(|| cond.zeros_like());
-        let transformer = self.graph(Role::Transformer);
-        let velocity = |z: &Array4<f32>, sigma: f32, c: &Conditioning| -> Result<Array4<f32>> {
-            let timestep = ndarray::arr1(&[sigma * 1000.0]);
-            let out = transformer.run(
-                &[
-                    ("hidden_states", z.view().into_dyn()),
-                    ("timestep", timestep.view().into_dyn()),
-                    ("lq_latent", z_lq.view().into_dyn()),
-                    ("encoder_hidden_states", c.context.view().into_dyn()),
-                    ("pooled_projections", c.pooled.view().into_dyn()),
-                ],
-                &["velocity"],
-                call.counted(),
-            )?;
-            out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("velocity"))
-        };
-        for (i, pair) in sigmas.windows(2).enumerate() {
-            call.report(Progress { stage: Stage::Sample, step: i, steps: settings.steps, tile: 1, tiles: 1 })?;
-            let (sigma, next) = (pair[0], pair[1]);
-            let mut v = velocity(&z, sigma, cond)?;
-            if let Some(uncond) = &uncond {
-                call.report(Progress { stage: Stage::Sample, step: i, steps: settings.steps, tile: 1, tiles: 1 })?;
-                let v_u = velocity(&z, sigma, uncond)?;
-                let g = settings.guidance;
-                ndarray::Zip::from(&mut v).and(&v_u).for_each(|v, &u| *v = u + g * (*v - u));
-            }
-            let dt = next - sigma;
-            ndarray::Zip::from(&mut z).and(&v).for_each(|z, &v| *z += dt * v);
-            if z.iter().any(|v| !v.is_finite()) {
-                return Err(Error::BadOutput(format!("the latent became NaN or infinite at step {}", i + 1)));
-            }
+        let guided = settings.guidance > 1.0;
+        let n = conditions.len();
+        let contexts: Vec<_> = conditions.iter().map(|c| c.context.view()).collect();
+        let pooled: Vec<_> = conditions.iter().map(|c| c.pooled.view()).collect();
+        let mut context = concatenate(Axis(0), &contexts).expect("one context shape");
+        let mut pooled = concatenate(Axis(0), &pooled).expect("one pooled shape");
+        let (mut z_in, mut lq_in) = (z.to_owned(), z_lq.to_owned());
+        if guided {
+            context = concatenate![Axis(0), context, Array3::zeros(context.raw_dim())];
+            pooled = concatenate![Axis(0), pooled, Array2::zeros(pooled.raw_dim())];
+            z_in = concatenate![Axis(0), z_in, z];
+            lq_in = concatenate![Axis(0), lq_in, z_lq];
         }
-        Ok(z)
+        let timestep = Array1::from_elem(z_in.dim().0, sigma * 1000.0);
+        let out = self.graph(Role::Transformer).run(
+            &[
+                ("hidden_states", z_in.view().into_dyn()),
+                ("timestep", timestep.view().into_dyn()),
+                ("lq_latent", lq_in.view().into_dyn()),
+                ("encoder_hidden_states", context.view().into_dyn()),
+                ("pooled_projections", pooled.view().into_dyn()),
+            ],
+            &["velocity"],
+            call.counted(),
+        )?;
+        let v: Array4<f32> = out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("velocity"))?;
+        if !guided {
+            return Ok(v);
+        }
+        let g = settings.guidance;
+        let (conditional, unconditional) = (v.slice(s![..n, .., .., ..]), v.slice(s![n.., .., .., ..]));
+        Ok(Zip::from(&conditional).and(&unconditional).map_collect(|&c, &u| u + g * (c - u)))
+    }
+}
+
+impl Call<'_> {
+    fn stats(&self, started: Instant) -> Stats {
+        Stats {
+            total: started.elapsed(),
+            in_session: self.timer.total(),
+            model_calls: self.calls.get(),
+            tiles: self.tiles.get(),
+        }
     }
 }
 
 fn bad_rank(name: &str) -> Error {
     Error::BadOutput(format!("output `{name}` has an unexpected rank"))
-}
-
-/// Lanczos-3 to the output size, clamped to [0, 1]; the image itself when the size is unchanged.
-fn upsample(rgb: ArrayView3<'_, f32>, height: usize, width: usize) -> CowArray<'_, f32, Ix3> {
-    if rgb.dim() == (3, height, width) {
-        return CowArray::from(rgb);
-    }
-    let mut out = resize(rgb, height, width, Filter::Lanczos3);
-    out.mapv_inplace(|v| v.clamp(0.0, 1.0));
-    CowArray::from(out)
-}
-
-/// Alpha follows the colour's resize (Lanczos-3, clamped); untouched at scale 1.
-fn resize_alpha(alpha: &Array2<f32>, height: usize, width: usize) -> Array2<f32> {
-    if alpha.dim() == (height, width) {
-        return alpha.clone();
-    }
-    let mut out = resize(alpha.view().insert_axis(Axis(0)), height, width, Filter::Lanczos3);
-    out.mapv_inplace(|v| v.clamp(0.0, 1.0));
-    out.index_axis_move(Axis(0), 0)
-}
-
-/// The encoder's input: `2 * lq - 1`, padded bottom and right to `(height, width)` by repeating edge pixels.
-fn encoder_input(lq: ArrayView3<'_, f32>, height: usize, width: usize) -> Array4<f32> {
-    let (channels, h, w) = lq.dim();
-    let mut out = Array4::<f32>::zeros((1, channels, height, width));
-    for c in 0..channels {
-        for y in 0..height {
-            let src = lq.slice(s![c, y.min(h - 1), ..]);
-            for (x, d) in out.slice_mut(s![0, c, y, ..]).iter_mut().enumerate() {
-                *d = 2.0 * src[x.min(w - 1)] - 1.0;
-            }
-        }
-    }
-    out
-}
-
-/// A black result from an input that is not black means the model failed, not that the photo is dark.
-fn check_output(restored: ArrayView3<'_, f32>, lq: ArrayView3<'_, f32>) -> Result<()> {
-    const BLACK: f32 = 1.0 / 255.0;
-    let brightest = |a: ArrayView3<'_, f32>| a.iter().copied().fold(0.0f32, f32::max);
-    if brightest(restored) < BLACK && brightest(lq) > 8.0 * BLACK {
-        return Err(Error::BadOutput("the decoded image is black where the input is not".into()));
-    }
-    Ok(())
 }

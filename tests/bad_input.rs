@@ -194,8 +194,8 @@ fn cancelling_stops_before_the_next_model_call() {
     };
     let error = oracle.restore(&picture(8, 8), &options).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Cancelled);
-    // encode, prompt, steps 0..=3: the report at step 3 said stop.
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    // global prompt, the tile's encode and prompt, steps 0..=3: the report at step 3 said stop.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 7);
 
     let token = dpir::CancelToken::new();
     token.cancel();

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dpir::imagefile::{self, FileFormat};
-use dpir::{ClipInput, ColorFix, ExecutionProvider, Image, Progress, RestoreOptions, Restorer, RuntimeOptions, Stage};
+use dpir::imagefile;
+use dpir::{
+    ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer, RuntimeOptions,
+    Stage, TileMode,
+};
 use ndarray::{Array3, Array4};
 
 #[derive(Parser)]
@@ -72,6 +75,18 @@ enum Command {
         /// Write the starting noise that was used to this .npy file.
         #[arg(long)]
         save_noise: Option<PathBuf>,
+        /// How images larger than one tile are sampled.
+        #[arg(long, value_enum, default_value = "independent")]
+        tile_mode: TileModeArg,
+        /// Tile side in latent samples (default: the bundle's, capped at one pass).
+        #[arg(long)]
+        tile_size: Option<usize>,
+        /// Tile overlap in latent samples (default: the bundle's).
+        #[arg(long)]
+        tile_overlap: Option<usize>,
+        /// Tiles per transformer call in joint mode.
+        #[arg(long)]
+        tile_batch: Option<usize>,
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
@@ -103,6 +118,12 @@ enum Command {
 enum ClipInputArg {
     Lq,
     InitialRestoration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TileModeArg {
+    Independent,
+    Joint,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,18 +184,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             sample_posterior,
             noise,
             save_noise,
+            tile_mode,
+            tile_size,
+            tile_overlap,
+            tile_batch,
             quiet,
         } => {
-            let (image, format) = read_input(&input)?;
+            let (layout, pixels) = imagefile::read(&input)?;
             let auto = model.ep == ExecutionProvider::Auto;
             let restorer = load(model)?;
             if auto && !quiet {
                 eprintln!("execution provider: {} (chosen by auto)", restorer.execution_provider());
             }
             let noise = match noise {
-                Some(path) => Some(
-                    ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?,
-                ),
+                Some(path) => Some(ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?),
                 None => None,
             };
             let options = RestoreOptions {
@@ -193,30 +216,43 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 sample_posterior,
                 noise,
+                tile_mode: match tile_mode {
+                    TileModeArg::Independent => TileMode::Independent,
+                    TileModeArg::Joint => TileMode::Joint,
+                },
+                tile_size,
+                tile_overlap,
+                tile_batch,
                 progress: (!quiet).then(progress_bar),
-                cancel: None,
+                ..Default::default()
             };
-            let restored = restorer.restore_detailed(&image, &options);
+            let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
+            let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
+            let mut restored = vec![0u8; out_layout.validate()?];
+            let stats = restorer.restore_pixels(
+                &Pixels::new(layout, &pixels)?,
+                &mut PixelsMut::new(out_layout, &mut restored)?,
+                &options,
+            );
             if !quiet {
                 eprintln!();
             }
-            let restored = restored?;
+            let stats = stats?;
             if let Some(path) = save_noise {
+                let noise = restorer.starting_noise(layout.width, layout.height, &options)?;
                 let mut bytes = Vec::new();
-                ndarray_npy::WriteNpyExt::write_npy(&restored.noise, &mut bytes)?;
+                ndarray_npy::WriteNpyExt::write_npy(&noise, &mut bytes)?;
                 imagefile::write_atomically(&path, &bytes)?;
             }
-            imagefile::write(&output, &restored.image, format)?;
+            imagefile::write(&output, &out_layout, &restored)?;
             if !quiet {
-                let s = restored.stats;
                 eprintln!(
-                    "wrote {} ({}x{}) in {:.2} s ({:.2} s in {} model calls)",
+                    "wrote {} ({width}x{height}) in {:.2} s ({:.2} s in {} model calls, {} tiles)",
                     output.display(),
-                    restored.image.width(),
-                    restored.image.height(),
-                    s.total.as_secs_f64(),
-                    s.in_session.as_secs_f64(),
-                    s.model_calls
+                    stats.total.as_secs_f64(),
+                    stats.in_session.as_secs_f64(),
+                    stats.model_calls,
+                    stats.tiles
                 );
             }
             Ok(())
@@ -273,13 +309,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
-}
-
-fn read_input(path: &Path) -> dpir::Result<(Image, FileFormat)> {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
-        return Ok((imagefile::read_npy_image(path)?, FileFormat { channels: 3, bits: 32 }));
-    }
-    imagefile::read(path)
 }
 
 /// A smooth, detailed test picture for benchmarks.

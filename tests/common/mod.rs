@@ -54,5 +54,8 @@ pub fn python() -> PathBuf {
 
 /// Writes an 8-bit RGB PNG of `image`.
 pub fn write_png(path: &Path, image: &Image) {
-    dpir::imagefile::write(path, image, dpir::imagefile::FileFormat { channels: 3, bits: 8 }).unwrap();
+    let layout = dpir::PixelLayout::packed(image.width(), image.height(), 3, dpir::SampleType::U8);
+    let mut bytes = vec![0u8; layout.validate().unwrap()];
+    image.write_pixels(&layout, &mut bytes).unwrap();
+    dpir::imagefile::write(path, &layout, &bytes).unwrap();
 }
