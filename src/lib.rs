@@ -19,6 +19,7 @@
 pub mod bundle;
 mod colour;
 mod error;
+pub mod ffi;
 pub mod imagefile;
 mod noise;
 pub mod plan;

@@ -307,6 +307,17 @@ impl<'a> PixelsMut<'a> {
     }
 }
 
+impl PixelsMut<'_> {
+    /// Copies tightly packed rows of this buffer's format (top row first) into it, honouring its stride.
+    pub(crate) fn copy_rows_from(&mut self, packed: &[u8]) {
+        let row = self.layout.row_bytes().expect("validated");
+        for (y, src) in packed.chunks_exact(row).enumerate().take(self.layout.height) {
+            let offset = self.layout.row_offset(y);
+            self.data[offset..offset + row].copy_from_slice(src);
+        }
+    }
+}
+
 fn check_span(layout: &PixelLayout, len: usize) -> Result<()> {
     let span = layout.validate()?;
     if len < span {

@@ -11,7 +11,7 @@ use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, ArrayV
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, Role};
 use crate::error::{Error, Result};
 use crate::noise::{latent_noise, Stream};
-use crate::pixels::{Image, Pixels, PixelsMut, MAX_SIDE};
+use crate::pixels::{Image, PixelLayout, Pixels, PixelsMut, MAX_SIDE};
 use crate::plan::Rect;
 use crate::prompt::{self, Conditioning, Features};
 use crate::runtime::{ExecutionProvider, Graph, Runtime, RuntimeOptions, SessionTimer, TensorInfo};
@@ -378,8 +378,7 @@ impl Restorer {
 
     /// Restores `region.rect` of a frame into `dest` (sized to the rectangle). In independent mode the result
     /// equals the same rectangle of a full-frame render when `region.context` is the whole frame (or the crop is).
-    /// On error `dest` may hold some finished rows; callers that must not show partial results restore into a
-    /// scratch buffer.
+    /// On error or cancellation `dest` is left untouched.
     pub fn restore_region(&self, region: &Region<'_>, dest: &mut PixelsMut<'_>, options: &RestoreOptions) -> Result<Stats> {
         let started = Instant::now();
         let settings = self.settings(options)?;
@@ -410,7 +409,12 @@ impl Restorer {
         };
         let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
         let frame = tiled::Frame { source: &source, context: context.as_ref(), rect };
-        tiled::render(self, &frame, &settings, dest, &call)?;
+        // Rows are finished tile by tile; they land in a scratch copy so that an error or a cancel leaves the
+        // caller's buffer as it was.
+        let staged_layout = PixelLayout { stride: layout.row_bytes().expect("validated") as isize, ..*layout };
+        let mut staged = vec![0u8; staged_layout.validate()?];
+        tiled::render(self, &frame, &settings, &mut PixelsMut::new(staged_layout, &mut staged)?, &call)?;
+        dest.copy_rows_from(&staged);
         Ok(call.stats(started))
     }
 

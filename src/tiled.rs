@@ -342,21 +342,22 @@ impl Engine<'_> {
 
         // The input latent of the block: tiles encoded with margins, blended over their overlaps.
         let mut z_lq = Array4::<f32>::zeros(latent_shape);
+        let mut z_lq_weight = Array2::<f32>::zeros((window_rect.height, window_rect.width));
         let mut conditions = Vec::with_capacity(grid.len());
         for (index, tile) in grid.iter().enumerate() {
             self.report(Stage::Encode, 0, index)?;
             let (z_tile, lq, lq_rect) = self.encode_tile(tile)?;
             let (wy, wx) = (blend_weights(&rows, tile.row - row0), blend_weights(&cols, tile.col - col0));
             let r = at(tile);
-            if grid.len() == 1 {
-                z_lq.assign(&z_tile);
-            } else {
-                let mut target = z_lq.slice_mut(s![.., .., r.y..r.bottom(), r.x..r.right()]);
-                Zip::indexed(&mut target).and(&z_tile).for_each(|(_, _, y, x), t, &v| *t += wy[y] * wx[x] * v);
-            }
+            let mut target = z_lq.slice_mut(s![.., .., r.y..r.bottom(), r.x..r.right()]);
+            Zip::indexed(&mut target).and(&z_tile).for_each(|(_, _, y, x), t, &v| *t += wy[y] * wx[x] * v);
+            let mut weight = z_lq_weight.slice_mut(s![r.y..r.bottom(), r.x..r.right()]);
+            Zip::indexed(&mut weight).for_each(|(y, x), t| *t += wy[y] * wx[x]);
             self.report(Stage::Prompt, 0, index)?;
             conditions.push(self.condition(tile, &lq, lq_rect, &z_tile)?);
         }
+        // A single tile's weights are exactly 1, and the division leaves its latent exact.
+        Zip::indexed(&mut z_lq).for_each(|(_, _, y, x), v| *v /= z_lq_weight[[y, x]]);
 
         let mut z = self.start_noise(window_rect)?;
         let sigmas = schedule::sigmas(&self.restorer.manifest().scheduler, self.settings.steps);
@@ -465,56 +466,67 @@ fn check_output(restored: ArrayView3<'_, f32>, lq: ArrayView3<'_, f32>) -> Resul
 }
 
 /// Weighted sums of tile pixels over the rows of the output rectangle that are still open.
+///
+/// Each pixel is the weighted mean of the tiles that cover it: weights from neighbouring tiles form a partition
+/// of unity when only neighbours overlap, and dividing by their sum keeps it exact when tiles overlap more.
 struct Band {
     /// The rectangle being rendered (output frame).
     rect: Rect,
     /// First row (output frame) not yet written.
     top: usize,
-    /// Accumulated colour of rows `top..top + rows`, full rectangle width.
+    /// Weighted colour and the sum of weights of rows `top..`, full rectangle width.
     sum: Array3<f32>,
+    weight: Array2<f32>,
 }
 
 impl Band {
     fn new(rect: Rect) -> Band {
-        Band { rect, top: rect.y, sum: Array3::zeros((3, 0, rect.width)) }
+        Band { rect, top: rect.y, sum: Array3::zeros((3, 0, rect.width)), weight: Array2::zeros((0, rect.width)) }
     }
 
-    /// Adds `weights` (rows, columns of `visible`) times `pixels` over `visible`, clipped to the rectangle.
+    /// Adds `weights` (rows, columns of the tile from `visible`'s top-left) times `pixels` over `visible`,
+    /// clipped to the rectangle.
     fn add(&mut self, visible: Rect, pixels: &Array3<f32>, (wy, wx): &(Vec<f32>, Vec<f32>)) {
         let clip = visible.intersect(&self.rect);
         if clip.is_empty() {
             return;
         }
         let needed = clip.bottom() - self.top;
-        if needed > self.sum.dim().1 {
-            let grown = Array3::zeros((3, needed - self.sum.dim().1, self.rect.width));
-            self.sum = ndarray::concatenate(Axis(1), &[self.sum.view(), grown.view()]).expect("same width");
+        let have = self.weight.dim().0;
+        if needed > have {
+            let more = needed - have;
+            self.sum = ndarray::concatenate![Axis(1), self.sum, Array3::zeros((3, more, self.rect.width))];
+            self.weight = ndarray::concatenate![Axis(0), self.weight, Array2::zeros((more, self.rect.width))];
         }
-        // `wy`/`wx` index the tile's whole pixel rectangle; `visible` starts at its top-left.
-        for c in 0..3 {
-            for y in clip.y..clip.bottom() {
-                let (ty, by) = (y - visible.y, y - self.top);
-                let w_row = wy[ty];
-                let src = pixels.slice(s![c, ty, clip.x - visible.x..clip.right() - visible.x]);
-                let mut dst = self.sum.slice_mut(s![c, by, clip.x - self.rect.x..clip.right() - self.rect.x]);
-                let weights = &wx[clip.x - visible.x..clip.right() - visible.x];
-                Zip::from(&mut dst).and(&src).and(weights).for_each(|d, &v, &w| *d += w_row * w * v);
+        let (tx, bx) = (clip.x - visible.x..clip.right() - visible.x, clip.x - self.rect.x..clip.right() - self.rect.x);
+        let weights = &wx[tx.clone()];
+        for y in clip.y..clip.bottom() {
+            let (ty, by) = (y - visible.y, y - self.top);
+            for c in 0..3 {
+                let src = pixels.slice(s![c, ty, tx.clone()]);
+                let dst = self.sum.slice_mut(s![c, by, bx.clone()]);
+                Zip::from(dst).and(&src).and(weights).for_each(|d, &v, &w| *d += wy[ty] * w * v);
             }
+            Zip::from(self.weight.slice_mut(s![by, bx.clone()])).and(weights).for_each(|d, &w| *d += wy[ty] * w);
         }
     }
 
     /// Writes rows above `y` (output frame) to the sink and forgets them.
     fn flush_until(&mut self, y: usize, source: &FrameSource<'_>, sink: &mut dyn Sink) -> Result<()> {
-        let end = y.min(self.rect.bottom()).min(self.top + self.sum.dim().1);
+        let end = y.min(self.rect.bottom()).min(self.top + self.weight.dim().0);
         if end <= self.top {
             return Ok(());
         }
         let rows = end - self.top;
-        let done = self.sum.slice(s![.., ..rows, ..]);
+        let mut done = self.sum.slice(s![.., ..rows, ..]).to_owned();
+        for mut plane in done.outer_iter_mut() {
+            Zip::from(&mut plane).and(self.weight.slice(s![..rows, ..])).for_each(|v, &w| *v = (*v / w).clamp(0.0, 1.0));
+        }
         let rect = Rect::new(self.rect.x, self.top, self.rect.width, rows);
         let alpha = if source.has_alpha() { source.read(rect)?.1 } else { None };
-        sink.put((0, self.top - self.rect.y), done.map(|v| v.clamp(0.0, 1.0)).view(), alpha.as_ref().map(|a| a.view()));
+        sink.put((0, self.top - self.rect.y), done.view(), alpha.as_ref().map(|a| a.view()));
         self.sum = self.sum.slice(s![.., rows.., ..]).to_owned();
+        self.weight = self.weight.slice(s![rows.., ..]).to_owned();
         self.top = end;
         Ok(())
     }

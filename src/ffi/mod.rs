@@ -269,8 +269,9 @@ pub(crate) unsafe fn path<'a>(ptr: *const c_char, what: &str) -> Outcome<&'a Pat
 /// A struct the caller allocates and the library reads or fills: it begins with `size_t size` (the caller's
 /// `sizeof`) and only grows by appending fields, so programs built against an older dpir.h keep working.
 ///
-/// Appending a field to such a struct: add the current `size_of::<Self>()` (as a number) to `SIZES` before the
-/// change, and keep the struct free of padding (the `layouts_have_no_padding` test checks).
+/// `_init` (and the functions that fill output structs) write the defaults of every field within the caller's
+/// size, padding included, so a field later appended into what was padding still reads as its default.
+/// Appending a field: add the old `size_of::<Self>()` (as a number, when it changes) to `SIZES`.
 pub(crate) trait Versioned: Copy {
     /// The C name, for messages.
     const NAME: &'static str;
@@ -297,18 +298,8 @@ fn check_size<T: Versioned>(size: usize, what: &str) -> Outcome {
 /// # Safety
 /// A non-NULL `ptr` must be valid for writing `size` bytes.
 pub(crate) unsafe fn init_struct<T: Versioned>(ptr: *mut T, size: usize) -> Outcome {
-    if ptr.is_null() {
-        return Err(Failure::argument(format!("the {} to initialise is NULL", T::NAME)));
-    }
-    check_size::<T>(size, T::NAME)?;
-    let defaults = T::defaults();
-    // SAFETY: `size` is one of T's versions, so at most size_of::<T>() bytes are read from `defaults`; the caller
-    // provides `size` writable bytes, starting with the `size` field.
-    unsafe {
-        std::ptr::copy_nonoverlapping((&defaults as *const T).cast::<u8>(), ptr.cast::<u8>(), size);
-        ptr.cast::<usize>().write_unaligned(size);
-    }
-    Ok(())
+    // SAFETY: forwarded from the caller.
+    unsafe { write_struct(ptr, size, T::defaults(), &format!("the {} to initialise", T::NAME)) }
 }
 
 /// Copies a caller's struct: its first `size` bytes as they are, later fields from the defaults.
@@ -329,19 +320,16 @@ pub(crate) unsafe fn read_struct<T: Versioned>(ptr: *const T, what: &str) -> Out
     Ok(value)
 }
 
-/// Fills a caller's output struct up to the size the caller set, keeping that size.
+/// Fills a caller's output struct of `size` bytes (the caller's `sizeof`) and sets its `size` field.
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a writable struct that begins with a `size_t` giving its size.
-pub(crate) unsafe fn write_struct<T: Versioned>(ptr: *mut T, value: T, what: &str) -> Outcome {
+/// A non-NULL `ptr` must be valid for writing `size` bytes.
+pub(crate) unsafe fn write_struct<T: Versioned>(ptr: *mut T, size: usize, value: T, what: &str) -> Outcome {
     if ptr.is_null() {
         return Err(Failure::argument(format!("{what} is NULL")));
     }
-    // SAFETY: the struct begins with its size.
-    let size = unsafe { ptr.cast::<usize>().read_unaligned() };
     check_size::<T>(size, what)?;
-    // SAFETY: `size <= size_of::<T>()` bytes of `value`, into the caller's `size` writable bytes; the size field
-    // is then restored to the caller's.
+    // SAFETY: `size <= size_of::<T>()` bytes of `value`, into the caller's `size` writable bytes.
     unsafe {
         std::ptr::copy_nonoverlapping((&value as *const T).cast::<u8>(), ptr.cast::<u8>(), size);
         ptr.cast::<usize>().write_unaligned(size);

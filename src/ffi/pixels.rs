@@ -4,10 +4,9 @@
 use std::ffi::{c_char, c_void};
 
 use super::{
-    c_enum_from_u32, call, call_quietly, dpir_status, init_struct, path, put, read_struct, Failure, Outcome,
-    Versioned,
+    c_enum_from_u32, call, call_quietly, dpir_status, init_struct, put, read_struct, Failure, Outcome, Versioned,
 };
-use crate::imagefile::{self, FileFormat};
+use crate::imagefile;
 use crate::{AlphaMode, Image, PixelLayout, SampleType, Transfer};
 
 /// How one sample is stored (the `sample` field of `dpir_pixels`).
@@ -349,18 +348,11 @@ pub unsafe extern "C" fn dpir_image_read(path: *const c_char, image: *mut *mut d
         unsafe { put(image, std::ptr::null_mut(), "image")? };
         // SAFETY: forwarded from the caller.
         let path = unsafe { super::path(path, "path")? };
-        let (decoded, format) = imagefile::read(path)?;
-        let sample = match format.bits {
-            8 => SampleType::U8,
-            16 => SampleType::U16,
-            _ => SampleType::F32,
-        };
-        let layout = PixelLayout::packed(decoded.width(), decoded.height(), format.channels, sample);
-        let mut blank = dpir_image::blank(layout)?;
-        let span = layout.validate()?;
-        // SAFETY: the buffer was just allocated with at least `span` bytes and nothing else refers to it.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(blank.pixels.data.cast::<u8>(), span) };
-        decoded.write_pixels(&layout, bytes)?;
+        let (layout, decoded) = imagefile::read(path)?;
+        let blank = dpir_image::blank(layout)?;
+        // SAFETY: the buffer was just allocated with at least `decoded.len()` bytes and nothing else refers to it.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(blank.pixels.data.cast::<u8>(), decoded.len()) };
+        bytes.copy_from_slice(&decoded);
         // SAFETY: checked writable above.
         unsafe { put(image, Box::into_raw(blank), "image") }
     })
@@ -396,14 +388,12 @@ pub unsafe extern "C" fn dpir_image_write(pixels: *const dpir_pixels, path: *con
         // SAFETY: forwarded from the caller.
         let (described, path) = unsafe { (Described::new(pixels, "pixels")?, super::path(path, "path")?) };
         let layout = described.layout;
-        let bits = match layout.sample {
-            SampleType::U8 => 8,
-            SampleType::U16 | SampleType::F16 => 16,
-            SampleType::F32 => 32,
-        };
         // SAFETY: validated; the caller promised readable memory.
         let image = unsafe { described.read_image("pixels")? };
-        imagefile::write(path, &image, FileFormat { channels: layout.channels, bits })?;
+        let out = imagefile::output_layout(path, &layout, layout.width, layout.height)?;
+        let mut bytes = vec![0u8; out.validate()?];
+        image.write_pixels(&out, &mut bytes)?;
+        imagefile::write(path, &out, &bytes)?;
         Ok(())
     })
 }
