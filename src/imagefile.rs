@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use image::{DynamicImage, ImageFormat};
+use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder};
+use image::{DynamicImage, ExtendedColorType, ImageEncoder};
 use ndarray::{Array3, ArrayView3};
 
 use crate::error::{Error, Result};
@@ -76,28 +77,23 @@ pub fn write(path: &Path, layout: &PixelLayout, bytes: &[u8]) -> Result<()> {
             out
         }
         (ext @ ("png" | "tif" | "tiff" | "jpg" | "jpeg"), n, sample) => {
-            let dynamic = match (n, sample) {
-                (1, SampleType::U8) => DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, bytes.to_vec()).expect("sized")),
-                (3, SampleType::U8) => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, bytes.to_vec()).expect("sized")),
-                (4, SampleType::U8) => DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, bytes.to_vec()).expect("sized")),
-                (n, SampleType::U16) => {
-                    let words: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])).collect();
-                    match n {
-                        1 => DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(w, h, words).expect("sized")),
-                        3 => DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(w, h, words).expect("sized")),
-                        _ => DynamicImage::ImageRgba16(image::ImageBuffer::from_raw(w, h, words).expect("sized")),
-                    }
-                }
+            let colour = match (n, sample) {
+                (1, SampleType::U8) => ExtendedColorType::L8,
+                (3, SampleType::U8) => ExtendedColorType::Rgb8,
+                (4, SampleType::U8) => ExtendedColorType::Rgba8,
+                (1, SampleType::U16) => ExtendedColorType::L16,
+                (3, SampleType::U16) => ExtendedColorType::Rgb16,
+                (4, SampleType::U16) => ExtendedColorType::Rgba16,
                 _ => return Err(fail(format!("cannot store {n} channels of {sample:?} in this format"))),
             };
+            // Encoders read the caller's (native-endian) buffer in place: no copy of the image.
             let mut out = std::io::Cursor::new(Vec::new());
-            if matches!(ext, "jpg" | "jpeg") {
-                let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
-                dynamic.write_with_encoder(encoder).map_err(|e| fail(format!("cannot encode: {e}")))?;
-            } else {
-                let format = if ext == "png" { ImageFormat::Png } else { ImageFormat::Tiff };
-                dynamic.write_to(&mut out, format).map_err(|e| fail(format!("cannot encode: {e}")))?;
-            }
+            let written = match ext {
+                "png" => PngEncoder::new(&mut out).write_image(bytes, w, h, colour),
+                "tif" | "tiff" => TiffEncoder::new(&mut out).write_image(bytes, w, h, colour),
+                _ => JpegEncoder::new_with_quality(&mut out, 95).write_image(bytes, w, h, colour),
+            };
+            written.map_err(|e| fail(format!("cannot encode: {e}")))?;
             out.into_inner()
         }
         _ => return Err(fail("unknown output format or layout; use .png, .jpg, .tif or .npy".into())),

@@ -153,6 +153,12 @@ impl Image {
         Ok(Image { rgb, alpha })
     }
 
+    /// Planes the pipeline produced: finite, in [0, 1], sizes matching.
+    pub(crate) fn from_clamped(rgb: Array3<f32>, alpha: Option<Array2<f32>>) -> Image {
+        debug_assert!(rgb.iter().all(|v| (0.0..=1.0).contains(v)));
+        Image { rgb, alpha }
+    }
+
     /// Reads an interleaved buffer described by `layout`.
     pub fn from_pixels(layout: &PixelLayout, bytes: &[u8]) -> Result<Image> {
         let pixels = Pixels::new(*layout, bytes)?;

@@ -341,7 +341,7 @@ impl Restorer {
         let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
         let frame = tiled::Frame { source: &source, context: None, rect: Rect::new(0, 0, width, height) };
         tiled::render(self, &frame, &settings, &mut sink, &call)?;
-        let image = sink.finish()?;
+        let image = sink.finish();
         let noise = match &options.noise {
             Some(noise) => noise.clone(),
             None => self.starting_noise(frame_in.0, frame_in.1, options)?,
@@ -615,7 +615,12 @@ impl Restorer {
     }
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    #[cfg(test)]
+    pub(crate) fn for_tests(options: &'a RestoreOptions) -> Call<'a> {
+        Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() }
+    }
+
     fn stats(&self, started: Instant) -> Stats {
         Stats {
             total: started.elapsed(),

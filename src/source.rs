@@ -183,8 +183,8 @@ impl ImageSink {
         ImageSink { rgb: Array3::zeros((3, height, width)), alpha: with_alpha.then(|| Array2::zeros((height, width))) }
     }
 
-    pub(crate) fn finish(self) -> Result<Image> {
-        Image::from_planes(self.rgb, self.alpha)
+    pub(crate) fn finish(self) -> Image {
+        Image::from_clamped(self.rgb, self.alpha)
     }
 }
 

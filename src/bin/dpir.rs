@@ -111,6 +111,9 @@ enum Command {
         /// Timed runs per size (after one warm-up).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also time a tiled render with tiles of this many latent samples, against the single pass.
+        #[arg(long)]
+        tile_size: Option<usize>,
     },
 }
 
@@ -276,7 +279,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Bench { model, sizes, steps, runs } => {
+        Command::Bench { model, sizes, steps, runs, tile_size } => {
             let restorer = load(model)?;
             let steps = steps.unwrap_or(restorer.manifest().scheduler.steps);
             println!(
@@ -284,27 +287,35 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 restorer.bundle_dir().display(),
                 restorer.execution_provider()
             );
-            println!("{:>6} {:>10} {:>12} {:>9} {:>6}", "size", "total s", "in-session s", "overhead", "calls");
+            println!(
+                "{:>6} {:>8} {:>6} {:>9} {:>12} {:>9} {:>14} {:>6}",
+                "size", "tiling", "tiles", "total s", "in-session s", "overhead", "non-model MB/s", "calls"
+            );
             for size in sizes {
                 let image = synthetic(size);
-                let options = RestoreOptions { steps: Some(steps), ..Default::default() };
-                restorer.restore(&image, &options)?;
-                let mut best: Option<dpir::Stats> = None;
-                for _ in 0..runs.max(1) {
-                    let stats = restorer.restore_detailed(&image, &options)?.stats;
-                    if best.is_none_or(|b| stats.total < b.total) {
-                        best = Some(stats);
+                let single = RestoreOptions { steps: Some(steps), ..Default::default() };
+                let tiled = tile_size.map(|tile| RestoreOptions { tile_size: Some(tile), ..single.clone() });
+                for (name, options) in [("single", Some(single)), ("tiled", tiled)] {
+                    let Some(options) = options else { continue };
+                    restorer.restore(&image, &options)?;
+                    let mut best: Option<dpir::Stats> = None;
+                    for _ in 0..runs.max(1) {
+                        let stats = restorer.restore_detailed(&image, &options)?.stats;
+                        if best.is_none_or(|b| stats.total < b.total) {
+                            best = Some(stats);
+                        }
                     }
+                    let s = best.expect("at least one run");
+                    let (total, inside) = (s.total.as_secs_f64(), s.in_session.as_secs_f64());
+                    // Megabytes of float RGB output per second of work outside the model.
+                    let throughput = (size * size * 3 * 4) as f64 / 1e6 / (total - inside);
+                    println!(
+                        "{size:>6} {name:>8} {:>6} {total:>9.3} {inside:>12.3} {:>8.2}% {throughput:>14.0} {:>6}",
+                        s.tiles,
+                        (total / inside - 1.0) * 100.0,
+                        s.model_calls
+                    );
                 }
-                let s = best.expect("at least one run");
-                let overhead = s.total.as_secs_f64() / s.in_session.as_secs_f64() - 1.0;
-                println!(
-                    "{size:>6} {:>10.3} {:>12.3} {:>8.2}% {:>6}",
-                    s.total.as_secs_f64(),
-                    s.in_session.as_secs_f64(),
-                    overhead * 100.0,
-                    s.model_calls
-                );
             }
             Ok(())
         }

@@ -277,19 +277,21 @@ pub unsafe extern "C" fn dpir_pixels_validate(pixels: *const dpir_pixels, span: 
 /// Free it with `dpir_image_free()`.
 pub struct dpir_image {
     pixels: dpir_pixels,
-    _buffer: Vec<u128>,
+    memory: std::alloc::Layout,
 }
 
 impl dpir_image {
-    /// A zeroed, packed image of `layout`, or `DPIR_STATUS_TOO_LARGE` when the memory cannot be had.
+    /// A zeroed, packed image of `layout`, or `DPIR_STATUS_TOO_LARGE` when the memory cannot be had. The zeroed
+    /// memory comes from the system as it is touched, so asking costs nothing until it is used.
     fn blank(layout: PixelLayout) -> Outcome<Box<dpir_image>> {
         let span = layout.validate().map_err(Failure::about("image"))?;
-        let mut buffer: Vec<u128> = Vec::new();
-        let words = span.div_ceil(std::mem::size_of::<u128>());
-        if buffer.try_reserve_exact(words).is_err() {
-            return Err(Failure::new(dpir_status::TooLarge, format!("cannot allocate {span} bytes for an image")));
+        let too_large = || Failure::new(dpir_status::TooLarge, format!("cannot allocate {span} bytes for an image"));
+        let memory = std::alloc::Layout::from_size_align(span, 16).map_err(|_| too_large())?;
+        // SAFETY: `span` is not zero (validated layouts hold at least one pixel).
+        let data = unsafe { std::alloc::alloc_zeroed(memory) };
+        if data.is_null() {
+            return Err(too_large());
         }
-        buffer.resize(words, 0);
         let sample: dpir_sample_type = layout.sample.into();
         let pixels = dpir_pixels {
             width: layout.width as u32,
@@ -297,10 +299,17 @@ impl dpir_image {
             channels: layout.channels as u32,
             sample: sample as u32,
             stride: layout.stride,
-            data: buffer.as_mut_ptr().cast::<c_void>(),
+            data: data.cast::<c_void>(),
             ..dpir_pixels::defaults()
         };
-        Ok(Box::new(dpir_image { pixels, _buffer: buffer }))
+        Ok(Box::new(dpir_image { pixels, memory }))
+    }
+}
+
+impl Drop for dpir_image {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `blank` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.pixels.data.cast::<u8>(), self.memory) };
     }
 }
 
