@@ -384,12 +384,7 @@ impl Restorer {
         let settings = self.settings(options)?;
         let (width, height) = self.output_size(region.frame.0, region.frame.1, settings.scale)?;
         let rect = region.rect;
-        if rect.is_empty() || !Rect::new(0, 0, width, height).contains(&rect) {
-            return Err(Error::InvalidOptions(format!(
-                "region {}x{} at ({}, {}) is not inside the {width}x{height} output frame",
-                rect.width, rect.height, rect.x, rect.y
-            )));
-        }
+        tiled::check_region(rect, (width, height))?;
         let layout = dest.layout();
         if (layout.width, layout.height) != (rect.width, rect.height) {
             return Err(Error::InvalidImage(format!(

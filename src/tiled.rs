@@ -156,6 +156,17 @@ pub(crate) fn render(
     band.flush_until(usize::MAX, frame.source, sink)
 }
 
+/// Refuses a region that is empty or not inside the output frame.
+pub(crate) fn check_region(rect: Rect, (width, height): (usize, usize)) -> Result<()> {
+    if rect.is_empty() || !Rect::new(0, 0, width, height).contains(&rect) {
+        return Err(Error::InvalidOptions(format!(
+            "region {}x{} at ({}, {}) is not inside the {width}x{height} output frame",
+            rect.width, rect.height, rect.x, rect.y
+        )));
+    }
+    Ok(())
+}
+
 /// The input rectangle a render of `rect` reads, for an input frame of `frame_in` and output frame `frame_out`.
 pub(crate) fn region_of_interest(
     restorer: &Restorer,
@@ -164,12 +175,7 @@ pub(crate) fn region_of_interest(
     rect: Rect,
     settings: &Settings,
 ) -> Result<Rect> {
-    if rect.is_empty() || !Rect::new(0, 0, frame_out.0, frame_out.1).contains(&rect) {
-        return Err(Error::InvalidOptions(format!(
-            "region {}x{} at ({}, {}) is not inside the {}x{} output frame",
-            rect.width, rect.height, rect.x, rect.y, frame_out.0, frame_out.1
-        )));
-    }
+    check_region(rect, frame_out)?;
     let plan = Plan::new(restorer, frame_out, settings);
     let up = Upsampling::new(frame_in, frame_out);
     let tiles: Vec<Tile> = match settings.mode {
