@@ -393,6 +393,22 @@ fn check_tensors(file: &Path, what: &str, expected: &[Expected], found: &[Tensor
     Ok(())
 }
 
+/// File names of the optional text encoder and its tokenizer.
+pub(crate) const TEXT_ENCODER_FILE: &str = "t5.onnx";
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
+
+impl Manifest {
+    /// Checks the optional text encoder: `input_ids` int64 (batch, text.tokens) to `last_hidden_state`
+    /// (batch, text.tokens, text.width).
+    pub(crate) fn check_text_encoder(&self, graph: &Graph) -> Result<()> {
+        let tokens = Some(self.text.tokens);
+        let inputs = [fixed("input_ids", &[None, tokens])];
+        let outputs = [fixed("last_hidden_state", &[None, tokens, Some(self.text.width)])];
+        check_tensors(graph.file(), "input", &inputs, graph.inputs(), "int64")?;
+        check_tensors(graph.file(), "output", &outputs, graph.outputs(), &self.dtype)
+    }
+}
+
 /// A loaded text block (text.tokens, text.width), float32.
 pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result<Array2<f32>> {
     let shape = (manifest.text.tokens, manifest.text.width);

@@ -26,7 +26,7 @@ pub enum Stage {
     Encode,
     /// Computing the CLIP prompts.
     Prompt,
-    /// Denoising; `step` counts from 1.
+    /// Denoising; `step` counts the steps done.
     Sample,
     /// Decoding the latent and fixing colour.
     Decode,
@@ -84,6 +84,9 @@ pub struct RestoreOptions {
     pub guidance: Option<f32>,
     /// Precomputed text prompt of the bundle, or "zeros". Default: the bundle's.
     pub prompt: Option<String>,
+    /// A caption encoded with the bundle's text encoder (`t5.onnx` + `tokenizer.json`), replacing `prompt`.
+    /// An error when the bundle has no text encoder.
+    pub prompt_text: Option<String>,
     /// Which image CLIP sees. Default: the bundle's.
     pub clip_input: Option<ClipInput>,
     /// Colour fix. Default: the bundle's (wavelet).
@@ -209,7 +212,6 @@ pub(crate) struct Settings {
     pub guidance: f32,
     pub clip_input: ClipInput,
     pub color_fix: ColorFix,
-    pub text: Array2<f32>,
     pub posterior: bool,
     pub mode: TileMode,
     /// Tile side and overlap, latent samples.
@@ -227,6 +229,52 @@ pub struct Restorer {
     manifest: Manifest,
     runtime: Runtime,
     graphs: [Graph; 5],
+    text_encoder: Option<TextEncoder>,
+}
+
+/// The bundle's optional text encoder: T5 and its tokenizer.
+struct TextEncoder {
+    graph: Graph,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl TextEncoder {
+    /// Loads `t5.onnx` and `tokenizer.json` when the bundle has them; padding and truncation to the text block.
+    fn load(dir: &Path, manifest: &Manifest, runtime: &Runtime) -> Result<Option<TextEncoder>> {
+        let file = dir.join(bundle::TEXT_ENCODER_FILE);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let graph = runtime.load(&file)?;
+        manifest.check_text_encoder(&graph)?;
+        let path = dir.join(bundle::TOKENIZER_FILE);
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::bundle(&path, format!("cannot read the text encoder's tokenizer: {e}")))?;
+        let length = manifest.text.tokens;
+        let pad_id = tokenizer.token_to_id("<pad>").unwrap_or(0);
+        let truncation = tokenizers::TruncationParams { max_length: length, ..Default::default() };
+        tokenizer.with_truncation(Some(truncation)).map_err(|e| Error::bundle(&path, e.to_string()))?;
+        tokenizer.with_padding(Some(tokenizers::PaddingParams {
+            strategy: tokenizers::PaddingStrategy::Fixed(length),
+            pad_id,
+            pad_token: "<pad>".into(),
+            ..Default::default()
+        }));
+        Ok(Some(TextEncoder { graph, tokenizer }))
+    }
+
+    /// The text block of a caption: (text tokens, text width).
+    fn encode(&self, text: &str, manifest: &Manifest, timer: &SessionTimer) -> Result<Array2<f32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::InvalidOptions(format!("cannot tokenize the prompt text: {e}")))?;
+        let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
+        let shape = [1, manifest.text.tokens];
+        let hidden = self.graph.run_ids("input_ids", ids, &shape, "last_hidden_state", timer)?;
+        let hidden: Array3<f32> = hidden.into_dimensionality().map_err(|_| bad_rank("last_hidden_state"))?;
+        Ok(hidden.index_axis_move(Axis(0), 0))
+    }
 }
 
 /// Per-call state: options, timers, progress.
@@ -278,9 +326,15 @@ impl Restorer {
         }
         let (runtime, transformer) = Runtime::new(options, &dir.join(Role::Transformer.file_name()))?;
         let load = |role: Role| runtime.load(&dir.join(role.file_name()));
-        let graphs =
-            [load(Role::VaeEncoder)?, load(Role::VaeDecoder)?, load(Role::ClipLocal)?, load(Role::ClipGlobal)?, transformer];
-        let restorer = Restorer { dir, manifest, runtime, graphs };
+        let graphs = [
+            load(Role::VaeEncoder)?,
+            load(Role::VaeDecoder)?,
+            load(Role::ClipLocal)?,
+            load(Role::ClipGlobal)?,
+            transformer,
+        ];
+        let text_encoder = TextEncoder::load(&dir, &manifest, &runtime)?;
+        let restorer = Restorer { dir, manifest, runtime, graphs, text_encoder };
         for role in Role::ALL {
             restorer.manifest.check_graph(role, restorer.graph(role))?;
         }
@@ -310,13 +364,14 @@ impl Restorer {
 
     /// Each graph's declared inputs and outputs, by file name.
     pub fn signatures(&self) -> Vec<(&'static str, Vec<TensorInfo>, Vec<TensorInfo>)> {
-        Role::ALL
-            .iter()
-            .map(|&role| {
-                let graph = self.graph(role);
-                (role.file_name(), graph.inputs().to_vec(), graph.outputs().to_vec())
-            })
-            .collect()
+        let graphs = Role::ALL.iter().map(|&role| (role.file_name(), self.graph(role)));
+        let text = self.text_encoder.as_ref().map(|t| (bundle::TEXT_ENCODER_FILE, &t.graph));
+        graphs.chain(text).map(|(file, graph)| (file, graph.inputs().to_vec(), graph.outputs().to_vec())).collect()
+    }
+
+    /// Whether the bundle can encode captions ([`RestoreOptions::prompt_text`]).
+    pub fn has_text_encoder(&self) -> bool {
+        self.text_encoder.is_some()
     }
 
     pub(crate) fn graph(&self, role: Role) -> &Graph {
@@ -338,9 +393,11 @@ impl Restorer {
         let (width, height) = self.output_size(frame_in.0, frame_in.1, settings.scale)?;
         let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
         let mut sink = ImageSink::new(width, height, image.alpha().is_some());
-        let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let call =
+            Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
         let frame = tiled::Frame { source: &source, context: None, rect: Rect::new(0, 0, width, height) };
-        tiled::render(self, &frame, &settings, &mut sink, &call)?;
+        let text = self.text_block(options, &call)?;
+        tiled::render(self, &frame, &settings, &text, &mut sink, &call)?;
         let image = sink.finish();
         let noise = match &options.noise {
             Some(noise) => noise.clone(),
@@ -360,7 +417,12 @@ impl Restorer {
 
     /// Restores a whole frame from an interleaved buffer into another, sized to the output
     /// ([`Restorer::requirements`] says how large). Neither buffer is held beyond what the current tiles need.
-    pub fn restore_pixels(&self, source: &Pixels<'_>, dest: &mut PixelsMut<'_>, options: &RestoreOptions) -> Result<Stats> {
+    pub fn restore_pixels(
+        &self,
+        source: &Pixels<'_>,
+        dest: &mut PixelsMut<'_>,
+        options: &RestoreOptions,
+    ) -> Result<Stats> {
         let layout = source.layout();
         let region = Region {
             source: *source,
@@ -379,7 +441,12 @@ impl Restorer {
     /// Restores `region.rect` of a frame into `dest` (sized to the rectangle). In independent mode the result
     /// equals the same rectangle of a full-frame render when `region.context` is the whole frame (or the crop is).
     /// On error or cancellation `dest` is left untouched.
-    pub fn restore_region(&self, region: &Region<'_>, dest: &mut PixelsMut<'_>, options: &RestoreOptions) -> Result<Stats> {
+    pub fn restore_region(
+        &self,
+        region: &Region<'_>,
+        dest: &mut PixelsMut<'_>,
+        options: &RestoreOptions,
+    ) -> Result<Stats> {
         let started = Instant::now();
         let settings = self.settings(options)?;
         let (width, height) = self.output_size(region.frame.0, region.frame.1, settings.scale)?;
@@ -393,22 +460,27 @@ impl Restorer {
             )));
         }
         let source_layout = region.source.layout();
-        if region.origin.0 + source_layout.width > region.frame.0 || region.origin.1 + source_layout.height > region.frame.1 {
+        if region.origin.0 + source_layout.width > region.frame.0
+            || region.origin.1 + source_layout.height > region.frame.1
+        {
             return Err(Error::InvalidImage("the source crop extends past the frame".into()));
         }
         let source = FrameSource::new(SourceData::Pixels(region.source), region.origin, region.frame, (width, height));
-        let context = match (&region.context, source_layout.width == region.frame.0 && source_layout.height == region.frame.1) {
-            (Some(context), _) => Some(self.context_source(SourceData::Pixels(*context), settings.scale)?),
-            (None, true) => None,
-            (None, false) => Some(self.context_source(SourceData::Pixels(region.source), settings.scale)?),
-        };
-        let call = Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let context =
+            match (&region.context, source_layout.width == region.frame.0 && source_layout.height == region.frame.1) {
+                (Some(context), _) => Some(self.context_source(SourceData::Pixels(*context), settings.scale)?),
+                (None, true) => None,
+                (None, false) => Some(self.context_source(SourceData::Pixels(region.source), settings.scale)?),
+            };
+        let call =
+            Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
         let frame = tiled::Frame { source: &source, context: context.as_ref(), rect };
         // Rows are finished tile by tile; they land in a scratch copy so that an error or a cancel leaves the
         // caller's buffer as it was.
         let staged_layout = PixelLayout { stride: layout.row_bytes().expect("validated") as isize, ..*layout };
         let mut staged = vec![0u8; staged_layout.validate()?];
-        tiled::render(self, &frame, &settings, &mut PixelsMut::new(staged_layout, &mut staged)?, &call)?;
+        let text = self.text_block(options, &call)?;
+        tiled::render(self, &frame, &settings, &text, &mut PixelsMut::new(staged_layout, &mut staged)?, &call)?;
         dest.copy_rows_from(&staged);
         Ok(call.stats(started))
     }
@@ -468,13 +540,14 @@ impl Restorer {
         let tile = tile / patch * patch;
         let overlap = options.tile_overlap.unwrap_or(d.latent_overlap);
         if overlap >= tile {
-            return Err(Error::InvalidOptions(format!("tile overlap {overlap} must be smaller than the tile ({tile})")));
+            return Err(Error::InvalidOptions(format!(
+                "tile overlap {overlap} must be smaller than the tile ({tile})"
+            )));
         }
         let batch = options.tile_batch.unwrap_or(1);
         if !(1..=64).contains(&batch) {
             return Err(Error::InvalidOptions(format!("tile batch must be between 1 and 64, got {batch}")));
         }
-        let prompt = options.prompt.as_deref().unwrap_or(&m.text.default);
         Ok(Settings {
             scale,
             steps,
@@ -482,7 +555,6 @@ impl Restorer {
             guidance,
             clip_input: options.clip_input.unwrap_or(m.clip.input),
             color_fix: options.color_fix.unwrap_or(d.color_fix),
-            text: bundle::load_prompt(&self.dir, m, prompt)?,
             posterior: options.sample_posterior,
             mode: options.tile_mode,
             tile,
@@ -490,6 +562,20 @@ impl Restorer {
             batch,
             context_margin: options.context_margin.unwrap_or(overlap * m.latent.downscale),
         })
+    }
+
+    /// The text block of a restore: the caption through the text encoder, a precomputed prompt, or zeros.
+    fn text_block(&self, options: &RestoreOptions, call: &Call) -> Result<Array2<f32>> {
+        let m = &self.manifest;
+        match (&options.prompt_text, &self.text_encoder) {
+            (Some(caption), Some(encoder)) => encoder.encode(caption, m, call.counted()),
+            (Some(_), None) => Err(Error::InvalidOptions(format!(
+                "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
+                bundle::TEXT_ENCODER_FILE,
+                m.text.prompts.keys().collect::<Vec<_>>()
+            ))),
+            (None, _) => bundle::load_prompt(&self.dir, m, options.prompt.as_deref().unwrap_or(&m.text.default)),
+        }
     }
 
     /// The output (width, height) for an input size and scale.
@@ -523,8 +609,11 @@ impl Restorer {
     ) -> Result<Array4<f32>> {
         let latent = &self.manifest.latent;
         let input = lq.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
-        let mut out =
-            self.graph(Role::VaeEncoder).run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
+        let mut out = self.graph(Role::VaeEncoder).run(
+            &[("image", input.view().into_dyn())],
+            &["mean", "logvar"],
+            call.counted(),
+        )?;
         let logvar = out.pop().expect("two outputs");
         let mut z: Array4<f32> = out.pop().expect("two outputs").into_dimensionality().map_err(|_| bad_rank("mean"))?;
         if settings.posterior {
@@ -600,7 +689,8 @@ impl Restorer {
             &["velocity"],
             call.counted(),
         )?;
-        let v: Array4<f32> = out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("velocity"))?;
+        let v: Array4<f32> =
+            out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("velocity"))?;
         if !guided {
             return Ok(v);
         }

@@ -121,15 +121,17 @@ pub(crate) fn render(
     restorer: &Restorer,
     frame: &Frame<'_>,
     settings: &Settings,
+    text: &Array2<f32>,
     sink: &mut dyn Sink,
     call: &Call,
 ) -> Result<()> {
     let plan = Plan::new(restorer, frame.source.frame(), settings);
-    let wanted: Vec<Tile> = plan.tiles.iter().copied().filter(|t| !t.visible.intersect(&frame.rect).is_empty()).collect();
+    let wanted: Vec<Tile> =
+        plan.tiles.iter().copied().filter(|t| !t.visible.intersect(&frame.rect).is_empty()).collect();
     let progress = |stage, tile| Progress { stage, step: 0, steps: settings.steps, tile, tiles: wanted.len() };
     call.report(progress(Stage::Prompt, 1))?;
     let global = global_prompt(restorer, frame, settings, call)?;
-    let engine = Engine { restorer, frame, settings, call, plan: &plan, global, tiles: wanted.len() };
+    let engine = Engine { restorer, frame, settings, text, call, plan: &plan, global, tiles: wanted.len() };
     let mut band = Band::new(frame.rect);
     match settings.mode {
         TileMode::Independent if plan.tiles.len() == 1 => {
@@ -179,7 +181,9 @@ pub(crate) fn region_of_interest(
     let plan = Plan::new(restorer, frame_out, settings);
     let up = Upsampling::new(frame_in, frame_out);
     let tiles: Vec<Tile> = match settings.mode {
-        TileMode::Independent => plan.tiles.iter().copied().filter(|t| !t.visible.intersect(&rect).is_empty()).collect(),
+        TileMode::Independent => {
+            plan.tiles.iter().copied().filter(|t| !t.visible.intersect(&rect).is_empty()).collect()
+        }
         TileMode::Joint => joint_grid(&plan, rect, settings.context_margin),
     };
     Ok(tiles.iter().map(|t| up.input_rect(plan.encode_rect(t.latent))).fold(Rect::default(), |a, b| a.union(&b)))
@@ -201,7 +205,8 @@ fn joint_grid(plan: &Plan, rect: Rect, margin: usize) -> Vec<Tile> {
 
 /// A tile's blend weights over its pixels (rows, columns): a partition of unity with the grid's other tiles.
 fn plan_weights(xs: &[(usize, usize)], ys: &[(usize, usize)], tile: &Tile, downscale: usize) -> (Vec<f32>, Vec<f32>) {
-    let pixels = |axis: &[(usize, usize)]| axis.iter().map(|&(s, l)| (s * downscale, l * downscale)).collect::<Vec<_>>();
+    let pixels =
+        |axis: &[(usize, usize)]| axis.iter().map(|&(s, l)| (s * downscale, l * downscale)).collect::<Vec<_>>();
     (blend_weights(&pixels(ys), tile.row), blend_weights(&pixels(xs), tile.col))
 }
 
@@ -222,7 +227,13 @@ fn global_prompt(restorer: &Restorer, frame: &Frame<'_>, settings: &Settings, ca
 }
 
 /// What CLIP sees of an output-frame rectangle: the (upsampled) input, or its reconstruction by the VAE.
-fn clip_image(restorer: &Restorer, source: &FrameSource<'_>, rect: Rect, settings: &Settings, call: &Call) -> Result<Array3<f32>> {
+fn clip_image(
+    restorer: &Restorer,
+    source: &FrameSource<'_>,
+    rect: Rect,
+    settings: &Settings,
+    call: &Call,
+) -> Result<Array3<f32>> {
     match settings.clip_input {
         ClipInput::Lq => Ok(source.read(rect)?.0),
         ClipInput::InitialRestoration => {
@@ -247,6 +258,7 @@ struct Engine<'a> {
     restorer: &'a Restorer,
     frame: &'a Frame<'a>,
     settings: &'a Settings,
+    text: &'a Array2<f32>,
     call: &'a Call<'a>,
     plan: &'a Plan,
     global: Global,
@@ -290,7 +302,7 @@ impl Engine<'_> {
                 self.restorer.clip_features(&[crop], self.call)?.remove(0)
             }
         };
-        Ok(assemble(self.restorer.manifest(), &local, &self.global.tokens, &self.settings.text))
+        Ok(assemble(self.restorer.manifest(), &local, &self.global.tokens, self.text))
     }
 
     /// The starting noise over a latent rectangle: the caller's, or position-locked draws.
@@ -393,13 +405,22 @@ impl Engine<'_> {
             for (batch_index, batch) in grid.chunks(self.settings.batch).enumerate() {
                 self.report(Stage::Sample, step, batch_index * self.settings.batch)?;
                 let stack = |array: &Array4<f32>| {
-                    let views: Vec<_> =
-                        batch.iter().map(|t| array.slice(s![.., .., at(t).y..at(t).bottom(), at(t).x..at(t).right()])).collect();
+                    let views: Vec<_> = batch
+                        .iter()
+                        .map(|t| array.slice(s![.., .., at(t).y..at(t).bottom(), at(t).x..at(t).right()]))
+                        .collect();
                     ndarray::concatenate(Axis(0), &views).expect("tiles share one size")
                 };
                 let first = batch_index * self.settings.batch;
                 let conds: Vec<&Conditioning> = conditions[first..first + batch.len()].iter().collect();
-                let v = self.restorer.velocity(stack(&z).view(), stack(&z_lq).view(), &conds, pair[0], self.settings, self.call)?;
+                let v = self.restorer.velocity(
+                    stack(&z).view(),
+                    stack(&z_lq).view(),
+                    &conds,
+                    pair[0],
+                    self.settings,
+                    self.call,
+                )?;
                 if grid.len() == 1 {
                     single = Some(v);
                     continue;
@@ -407,7 +428,9 @@ impl Engine<'_> {
                 for (k, tile) in batch.iter().enumerate() {
                     let (r, g) = (at(tile), &gauss[first + k]);
                     let mut target = v_sum.slice_mut(s![0, .., r.y..r.bottom(), r.x..r.right()]);
-                    Zip::indexed(&mut target).and(&v.index_axis(Axis(0), k)).for_each(|(_, y, x), t, &v| *t += g[[y, x]] * v);
+                    Zip::indexed(&mut target)
+                        .and(&v.index_axis(Axis(0), k))
+                        .for_each(|(_, y, x), t, &v| *t += g[[y, x]] * v);
                     w_sum.slice_mut(s![r.y..r.bottom(), r.x..r.right()]).zip_mut_with(g, |t, &g| *t += g);
                 }
             }
@@ -423,7 +446,9 @@ impl Engine<'_> {
 
         // Decode the wanted tiles with margins inside the block, then blend over the overlaps.
         let bounds = window_rect;
-        let pixel_axis = |axis: &[(usize, usize)]| axis.iter().map(|&(s, l)| (s * self.plan.downscale, l * self.plan.downscale)).collect::<Vec<_>>();
+        let pixel_axis = |axis: &[(usize, usize)]| {
+            axis.iter().map(|&(s, l)| (s * self.plan.downscale, l * self.plan.downscale)).collect::<Vec<_>>()
+        };
         let (row_px, col_px) = (pixel_axis(&rows), pixel_axis(&cols));
         for (index, tile) in grid.iter().enumerate() {
             if !wanted.iter().any(|w| w.latent == tile.latent) {
@@ -434,7 +459,8 @@ impl Engine<'_> {
             let grown = grow_within(tile.latent, VAE_MARGIN, bounds);
             let r = relative(grown, window_rect);
             let z_tile = z.slice(s![.., .., r.y..r.bottom(), r.x..r.right()]).to_owned();
-            let visible = grown.scaled(self.plan.downscale).intersect(&Rect::new(0, 0, self.plan.frame.0, self.plan.frame.1));
+            let visible =
+                grown.scaled(self.plan.downscale).intersect(&Rect::new(0, 0, self.plan.frame.0, self.plan.frame.1));
             let (lq, _) = self.frame.source.read(visible)?;
             let fixed = self.finish(&z_tile, grown, visible, lq.view())?;
             let restored = fixed.slice(window(relative(tile.visible, visible))).to_owned();
@@ -538,7 +564,9 @@ impl Band {
         let rows = end - self.top;
         let mut done = self.sum.slice(s![.., ..rows, ..]).to_owned();
         for mut plane in done.outer_iter_mut() {
-            Zip::from(&mut plane).and(self.weight.slice(s![..rows, ..])).for_each(|v, &w| *v = (*v / w).clamp(0.0, 1.0));
+            Zip::from(&mut plane)
+                .and(self.weight.slice(s![..rows, ..]))
+                .for_each(|v, &w| *v = (*v / w).clamp(0.0, 1.0));
         }
         let rect = Rect::new(self.rect.x, self.top, self.rect.width, rows);
         let alpha = if source.has_alpha() { source.read(rect)?.1 } else { None };
@@ -593,7 +621,9 @@ mod tests {
             let expected = decoded_whole.slice(window(tile.visible));
             decode_diff = pixels.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(decode_diff, f32::max);
         }
-        eprintln!("tiled VAE against one pass: encode max abs {encode_diff:.2e} (latent), decode {decode_diff:.2e} (pixels)");
+        eprintln!(
+            "tiled VAE against one pass: encode max abs {encode_diff:.2e} (latent), decode {decode_diff:.2e} (pixels)"
+        );
         assert!(encode_diff < 1e-4 && decode_diff < 1e-4, "{encode_diff} {decode_diff}");
     }
 }

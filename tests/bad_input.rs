@@ -171,6 +171,7 @@ fn out_of_range_options() {
         (RestoreOptions { guidance: Some(0.5), ..Default::default() }, "guidance"),
         (RestoreOptions { guidance: Some(f32::NAN), ..Default::default() }, "guidance"),
         (RestoreOptions { prompt: Some("nope".into()), ..Default::default() }, "prompt"),
+        (RestoreOptions { prompt_text: Some("a photo".into()), ..Default::default() }, "no text encoder"),
         (RestoreOptions { noise: Some(ndarray::Array4::zeros((1, 12, 3, 3))), ..Default::default() }, "noise"),
     ] {
         let error = oracle.restore(&image, &options).unwrap_err();

@@ -20,6 +20,8 @@ struct Case {
     guidance: f32,
     prompt: &'static str,
     clip_input: ClipInput,
+    /// A caption for the bundle's text encoder, replacing `prompt`.
+    caption: Option<&'static str>,
 }
 
 fn check(case: Case) {
@@ -30,6 +32,7 @@ fn check(case: Case) {
         steps: Some(case.steps),
         guidance: Some(case.guidance),
         prompt: Some(case.prompt.into()),
+        prompt_text: case.caption.map(str::to_string),
         clip_input: Some(case.clip_input),
         seed: Some(11),
         ..Default::default()
@@ -53,6 +56,7 @@ fn check(case: Case) {
         .args(["--noise".as_ref(), noise_path.as_os_str()])
         .args(["--scale", &case.scale.to_string(), "--steps", &case.steps.to_string()])
         .args(["--guidance", &case.guidance.to_string(), "--prompt", case.prompt, "--clip-input", clip_input])
+        .args(case.caption.map(|c| ["--prompt-text", c]).into_iter().flatten())
         .status()
         .expect("the reference pipeline starts");
     assert!(status.success(), "{}: the reference pipeline failed", case.name);
@@ -83,6 +87,7 @@ fn plain_restore_matches() {
         guidance: 1.0,
         prompt: "zeros",
         clip_input: ClipInput::Lq,
+        caption: None,
     });
 }
 
@@ -96,6 +101,7 @@ fn guidance_prompt_and_initial_restoration_match() {
         guidance: 2.5,
         prompt: "quality",
         clip_input: ClipInput::InitialRestoration,
+        caption: None,
     });
 }
 
@@ -109,6 +115,7 @@ fn upscaled_and_padded_restore_matches() {
         guidance: 1.0,
         prompt: "zeros",
         clip_input: ClipInput::Lq,
+        caption: None,
     });
 }
 
@@ -122,5 +129,30 @@ fn several_global_tiles_match() {
         guidance: 1.0,
         prompt: "zeros",
         clip_input: ClipInput::Lq,
+        caption: None,
     });
+}
+
+#[test]
+fn a_caption_through_the_text_encoder_matches() {
+    check(Case {
+        name: "caption",
+        size: (40, 56),
+        scale: 1.0,
+        steps: 4,
+        guidance: 2.0,
+        prompt: "zeros",
+        clip_input: ClipInput::Lq,
+        caption: Some("a sharp photo of high quality"),
+    });
+}
+
+#[test]
+fn the_caption_changes_the_result() {
+    let tiny = restorer("tiny");
+    let input = picture(40, 56);
+    let plain = RestoreOptions { steps: Some(3), ..Default::default() };
+    let captioned = RestoreOptions { prompt_text: Some("a clean detailed photo".into()), ..plain.clone() };
+    let (a, b) = (tiny.restore(&input, &plain).unwrap(), tiny.restore(&input, &captioned).unwrap());
+    assert!(max_abs_diff(a.rgb(), b.rgb()) > 1e-3, "the text encoder's block reaches the transformer");
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use dpir::imagefile;
 use dpir::{
-    ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer, RuntimeOptions,
-    Stage, TileMode,
+    ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer,
+    RuntimeOptions, Stage, TileMode,
 };
 use ndarray::{Array3, Array4};
 
@@ -60,6 +60,9 @@ enum Command {
         /// Precomputed text prompt of the bundle, or "zeros" (default: the bundle's).
         #[arg(long)]
         prompt: Option<String>,
+        /// A caption for the bundle's text encoder (t5.onnx), replacing --prompt.
+        #[arg(long)]
+        prompt_text: Option<String>,
         /// Which image CLIP sees (default: the bundle's).
         #[arg(long, value_enum)]
         clip_input: Option<ClipInputArg>,
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             seed,
             guidance,
             prompt,
+            prompt_text,
             clip_input,
             color_fix,
             sample_posterior,
@@ -200,7 +204,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 eprintln!("execution provider: {} (chosen by auto)", restorer.execution_provider());
             }
             let noise = match noise {
-                Some(path) => Some(ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?),
+                Some(path) => Some(
+                    ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                ),
                 None => None,
             };
             let options = RestoreOptions {
@@ -209,6 +215,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 guidance,
                 prompt,
+                prompt_text,
                 clip_input: clip_input.map(|c| match c {
                     ClipInputArg::Lq => ClipInput::Lq,
                     ClipInputArg::InitialRestoration => ClipInput::InitialRestoration,

@@ -187,6 +187,29 @@ impl Graph {
     }
 }
 
+impl Graph {
+    /// Runs a graph whose one input is int64 token ids of `shape` and returns the named f32 output.
+    pub(crate) fn run_ids(
+        &self,
+        input: &str,
+        ids: Vec<i64>,
+        shape: &[usize],
+        output: &str,
+        timer: &SessionTimer,
+    ) -> Result<ArrayD<f32>> {
+        let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
+        let value = Tensor::from_array((shape.to_vec(), ids)).map_err(|e| fail(e.to_string()))?;
+        let mut session = self.session.lock();
+        let started = Instant::now();
+        let result = session
+            .run(vec![(input.to_string(), SessionInputValue::from(value.into_dyn()))])
+            .map_err(|e| fail(e.to_string()))?;
+        timer.add(started.elapsed());
+        let value = result.get(output).ok_or_else(|| fail(format!("graph has no output `{output}`")))?;
+        Ok(from_value(value).map_err(|e| fail(format!("output `{output}`: {e}")))?.into_owned())
+    }
+}
+
 /// Accumulates wall time spent inside session runs, for the overhead figures of the benchmark.
 #[derive(Debug, Default)]
 pub struct SessionTimer(std::sync::atomic::AtomicU64);

@@ -201,10 +201,20 @@ def global_prompt(bundle, img):
     return np.stack(tokens)
 
 
-def text_block(bundle, prompt):
-    """Step 8: the prompt's precomputed T5 block (text.tokens, text.width), or zeros."""
+def text_block(bundle, prompt, prompt_text=None):
+    """Step 8: the caption through the bundle's T5 (t5.onnx + tokenizer.json: ids padded with <pad> and cut to
+    text.tokens, </s> kept), or the prompt's precomputed T5 block (text.tokens, text.width), or zeros."""
     text = bundle.manifest["text"]
     shape = (text["tokens"], text["width"])
+    if prompt_text is not None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(bundle.dir / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=text["tokens"])
+        pad_id = tokenizer.token_to_id("<pad>") or 0
+        tokenizer.enable_padding(length=text["tokens"], pad_id=pad_id, pad_token="<pad>")
+        ids = np.array([tokenizer.encode(prompt_text).ids], dtype=np.int64)
+        return bundle.run("t5", "last_hidden_state", input_ids=ids)[0]
     if prompt == "zeros":
         return np.zeros(shape, np.float32)
     if prompt not in text.get("prompts", {}):
@@ -300,7 +310,7 @@ def noise_shape(manifest, hp, wp):
 
 
 def restore(bundle, image, noise=None, scale=1.0, steps=None, guidance=None, seed=None, prompt=None,
-            clip_input=None, color_fix_mode=None):
+            clip_input=None, color_fix_mode=None, prompt_text=None):
     """Steps 1-12 on an (H0, W0, 3) float image in [0, 1]; returns (Ho, Wo, 3) float32 in [0, 1].
 
     bundle: a directory or a Bundle (reuse one to keep its sessions). Unset options come from the manifest."""
@@ -319,7 +329,7 @@ def restore(bundle, image, noise=None, scale=1.0, steps=None, guidance=None, see
     cimg = clip_image(bundle, lq, z_lq, clip_input)                          # 4 (5 inside 6, 7)
     local, pooled = local_prompt(bundle, cimg)                                # 6
     tokens = global_prompt(bundle, cimg)                                      # 7
-    context = build_context(man, local, tokens, text_block(bundle, prompt))   # 8
+    context = build_context(man, local, tokens, text_block(bundle, prompt, prompt_text))  # 8
     sigmas = schedule(man, steps)                                             # 9
     shape = noise_shape(man, *lq_pad.shape[:2])
     if noise is None:
@@ -421,6 +431,7 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--prompt")
+    ap.add_argument("--prompt-text", help="caption for the bundle's text encoder (t5.onnx), replacing --prompt")
     ap.add_argument("--clip-input", choices=["lq", "initial_restoration"])
     ap.add_argument("--color-fix", choices=["wavelet", "none"])
     args = ap.parse_args(argv)
@@ -429,7 +440,8 @@ def main(argv=None):
     noise = np.load(args.noise) if args.noise else None
     start = time.perf_counter()
     out = restore(args.bundle, image, noise=noise, scale=args.scale, steps=args.steps, guidance=args.guidance,
-                  seed=args.seed, prompt=args.prompt, clip_input=args.clip_input, color_fix_mode=args.color_fix)
+                  seed=args.seed, prompt=args.prompt, clip_input=args.clip_input, color_fix_mode=args.color_fix,
+                  prompt_text=args.prompt_text)
     np.save(args.output, out)
     print(f"{image.shape[1]}x{image.shape[0]} -> {out.shape[1]}x{out.shape[0]} "
           f"in {time.perf_counter() - start:.2f} s: {args.output}", file=sys.stderr)
