@@ -31,14 +31,20 @@ pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
     let (bytes, channels, sample): (Vec<u8>, usize, SampleType) = match decoded {
         DynamicImage::ImageLuma8(b) => (b.into_raw(), 1, SampleType::U8),
         DynamicImage::ImageRgb8(b) => (b.into_raw(), 3, SampleType::U8),
-        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgba8(_) => (decoded.into_rgba8().into_raw(), 4, SampleType::U8),
+        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgba8(_) => {
+            (decoded.into_rgba8().into_raw(), 4, SampleType::U8)
+        }
         DynamicImage::ImageLuma16(b) => (ne_bytes(&b.into_raw()), 1, SampleType::U16),
         DynamicImage::ImageRgb16(b) => (ne_bytes(&b.into_raw()), 3, SampleType::U16),
         DynamicImage::ImageLumaA16(_) | DynamicImage::ImageRgba16(_) => {
             (ne_bytes(&decoded.into_rgba16().into_raw()), 4, SampleType::U16)
         }
-        DynamicImage::ImageRgb32F(b) => (b.into_raw().iter().flat_map(|v| v.to_ne_bytes()).collect(), 3, SampleType::F32),
-        DynamicImage::ImageRgba32F(b) => (b.into_raw().iter().flat_map(|v| v.to_ne_bytes()).collect(), 4, SampleType::F32),
+        DynamicImage::ImageRgb32F(b) => {
+            (b.into_raw().iter().flat_map(|v| v.to_ne_bytes()).collect(), 3, SampleType::F32)
+        }
+        DynamicImage::ImageRgba32F(b) => {
+            (b.into_raw().iter().flat_map(|v| v.to_ne_bytes()).collect(), 4, SampleType::F32)
+        }
         other => return Err(fail(format!("unsupported pixel format {:?}", other.color()))),
     };
     Ok((PixelLayout::packed(width, height, channels, sample), bytes))
@@ -70,10 +76,12 @@ pub fn write(path: &Path, layout: &PixelLayout, bytes: &[u8]) -> Result<()> {
     let (w, h) = (layout.width as u32, layout.height as u32);
     let encoded = match (extension(path).as_str(), layout.channels, layout.sample) {
         ("npy", 3, SampleType::F32) => {
-            let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().expect("4"))).collect();
+            let values: Vec<f32> =
+                bytes.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().expect("4"))).collect();
             let hwc = ArrayView3::from_shape((layout.height, layout.width, 3), &values).expect("sized");
             let mut out = Vec::new();
-            ndarray_npy::WriteNpyExt::write_npy(&hwc, &mut out).map_err(|e| fail(format!("cannot encode .npy: {e}")))?;
+            ndarray_npy::WriteNpyExt::write_npy(&hwc, &mut out)
+                .map_err(|e| fail(format!("cannot encode .npy: {e}")))?;
             out
         }
         (ext @ ("png" | "tif" | "tiff" | "jpg" | "jpeg"), n, sample) => {

@@ -22,8 +22,8 @@ mod error;
 pub mod ffi;
 pub mod imagefile;
 mod noise;
-pub mod plan;
 pub mod pixels;
+pub mod plan;
 mod prompt;
 mod resample;
 mod restore;
@@ -37,7 +37,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 pub use plan::Rect;
 pub use restore::{
-    CancelToken, Progress, ProgressFn, Region, Requirements, Restoration, RestoreOptions, Restorer, Stage, Stats, TileMode,
+    CancelToken, Progress, ProgressFn, Region, Requirements, Restoration, RestoreOptions, Restorer, Stage, Stats,
+    TileMode,
 };
 pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
 

@@ -238,7 +238,11 @@ impl<'a> Pixels<'a> {
                 for (c, value) in px.iter_mut().enumerate().take(n) {
                     *value = read_sample(row, ((rect.x + x) * n + c) * layout.sample.size(), layout.sample);
                     if !value.is_finite() {
-                        return Err(Error::InvalidImage(format!("sample at ({}, {}) is not finite", rect.x + x, rect.y + y)));
+                        return Err(Error::InvalidImage(format!(
+                            "sample at ({}, {}) is not finite",
+                            rect.x + x,
+                            rect.y + y
+                        )));
                     }
                 }
                 let a = if n == 4 { px[3] } else { 1.0 };

@@ -101,7 +101,12 @@ pub(crate) fn features(
 
 /// Builds the transformer's context and pooled inputs from the local patch's features, the global tokens
 /// (one summary row per global tile) and the text block (text tokens, text width).
-pub(crate) fn assemble(manifest: &Manifest, local: &Features, global: &[Array1<f32>], text: &Array2<f32>) -> Conditioning {
+pub(crate) fn assemble(
+    manifest: &Manifest,
+    local: &Features,
+    global: &[Array1<f32>],
+    text: &Array2<f32>,
+) -> Conditioning {
     let clip = &manifest.clip;
     let mut context = Array3::<f32>::zeros((1, manifest.context_tokens(), manifest.transformer.context_width));
     // CLIP block: the local tokens (zero-padded to the pooled width), then one token per global tile, cut at

@@ -35,11 +35,20 @@ fn an_8192_square_rgba_restore_stays_within_its_buffers_plus_one_gib() {
     dpir::imagefile::write(&input, &layout, &pixels).unwrap();
     drop(pixels);
 
-    let out = run(cli().arg("restore").arg(&input).arg(&output).args(["--quiet", "--steps", "2", "--model"]).arg(bundle("oracle")));
+    let out = run(cli()
+        .arg("restore")
+        .arg(&input)
+        .arg(&output)
+        .args(["--quiet", "--steps", "2", "--model"])
+        .arg(bundle("oracle")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let peak = children_peak_rss();
     let buffers = 2 * (SIDE * SIDE * 4) as u64;
-    eprintln!("peak RSS {:.0} MiB for {:.0} MiB of input and output buffers", peak as f64 / 1048576.0, buffers as f64 / 1048576.0);
+    eprintln!(
+        "peak RSS {:.0} MiB for {:.0} MiB of input and output buffers",
+        peak as f64 / 1048576.0,
+        buffers as f64 / 1048576.0
+    );
     assert!(peak < buffers + (1 << 30), "peak RSS {peak} exceeds the buffers ({buffers}) + 1 GiB");
 
     // The oracle returns its input: spot-check rows across the frame, alpha included.

@@ -38,11 +38,13 @@ fn planes(layout: &PixelLayout, bytes: &[u8]) -> Array3<f32> {
 fn render_region(model: &Restorer, image: &Image, rect: Rect, opts: &RestoreOptions) -> Array3<f32> {
     let frame = (image.width(), image.height());
     let roi = model.region_of_interest(frame, rect, opts).unwrap();
-    let crop = Image::from_planes(image.rgb().slice(s![.., roi.y..roi.bottom(), roi.x..roi.right()]).to_owned(), None).unwrap();
+    let crop = Image::from_planes(image.rgb().slice(s![.., roi.y..roi.bottom(), roi.x..roi.right()]).to_owned(), None)
+        .unwrap();
     let (crop_layout, crop_bytes) = packed(&crop);
     let (frame_layout, frame_bytes) = packed(image);
     let layout = PixelLayout::packed(rect.width, rect.height, 3, SampleType::F32);
-    let mut out: Vec<u8> = std::iter::repeat_n(f32::NAN.to_ne_bytes(), rect.width * rect.height * 3).flatten().collect();
+    let mut out: Vec<u8> =
+        std::iter::repeat_n(f32::NAN.to_ne_bytes(), rect.width * rect.height * 3).flatten().collect();
     let region = Region {
         source: Pixels::new(crop_layout, &crop_bytes).unwrap(),
         origin: (roi.x, roi.y),
@@ -53,7 +55,11 @@ fn render_region(model: &Restorer, image: &Image, rect: Rect, opts: &RestoreOpti
     model.restore_region(&region, &mut PixelsMut::new(layout, &mut out).unwrap(), opts).unwrap();
     let values: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
     assert!(values.iter().all(|v| v.is_finite()), "every destination pixel was written");
-    Array3::from_shape_vec((rect.height, rect.width, 3), values).unwrap().permuted_axes([2, 0, 1]).as_standard_layout().into_owned()
+    Array3::from_shape_vec((rect.height, rect.width, 3), values)
+        .unwrap()
+        .permuted_axes([2, 0, 1])
+        .as_standard_layout()
+        .into_owned()
 }
 
 #[test]
@@ -76,7 +82,8 @@ fn oracle_identity_for_every_mode_tile_size_and_overlap() {
 fn oracle_identity_when_upscaling_in_tiles() {
     let oracle = restorer("oracle");
     let input = picture(30, 44);
-    let untiled = oracle.restore(&input, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
+    let untiled =
+        oracle.restore(&input, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
     for mode in [TileMode::Independent, TileMode::Joint] {
         let tiled = oracle.restore(&input, &RestoreOptions { scale: Some(1.5), ..options(mode, 8, 2, 1) }).unwrap();
         let diff = max_abs_diff(tiled.rgb(), untiled.rgb());
@@ -90,7 +97,11 @@ fn joint_mode_batches_any_number_of_tiles_with_and_without_guidance() {
     let input = picture(40, 72);
     for batch in [1, 2, 3, 64] {
         for guidance in [1.0, 2.5] {
-            let opts = RestoreOptions { tile_batch: Some(batch), guidance: Some(guidance), ..options(TileMode::Joint, 8, 2, 2) };
+            let opts = RestoreOptions {
+                tile_batch: Some(batch),
+                guidance: Some(guidance),
+                ..options(TileMode::Joint, 8, 2, 2)
+            };
             let out = oracle.restore(&input, &opts).unwrap();
             let diff = max_abs_diff(out.rgb(), input.rgb());
             assert!(diff <= 1e-3, "batch {batch}, guidance {guidance}: max diff {diff}");
@@ -134,10 +145,12 @@ fn a_crop_smaller_than_the_region_of_interest_is_refused() {
     let rect = Rect::new(30, 20, 10, 10);
     let roi = oracle.region_of_interest((80, 60), rect, &opts).unwrap();
     assert!(roi.contains(&rect) && roi.width < 80, "the region of interest is local: {roi:?}");
-    let (layout, bytes) = packed(&Image::from_planes(image.rgb().slice(s![.., 20..30, 30..40]).to_owned(), None).unwrap());
+    let (layout, bytes) =
+        packed(&Image::from_planes(image.rgb().slice(s![.., 20..30, 30..40]).to_owned(), None).unwrap());
     let out_layout = PixelLayout::packed(10, 10, 3, SampleType::F32);
     let mut out = vec![7u8; 10 * 10 * 12];
-    let region = Region { source: Pixels::new(layout, &bytes).unwrap(), origin: (30, 20), frame: (80, 60), rect, context: None };
+    let region =
+        Region { source: Pixels::new(layout, &bytes).unwrap(), origin: (30, 20), frame: (80, 60), rect, context: None };
     let error = oracle.restore_region(&region, &mut PixelsMut::new(out_layout, &mut out).unwrap(), &opts).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidImage);
     assert!(error.to_string().contains("source crop covers"), "{error}");
@@ -154,7 +167,8 @@ fn joint_regions_approach_the_full_render() {
     let expected = full.rgb().slice(s![.., rect.y..rect.bottom(), rect.x..rect.right()]).to_owned();
     let mut last = f32::INFINITY;
     for margin in [0, 64, 1000] {
-        let region = render_region(&tiny, &image, rect, &RestoreOptions { context_margin: Some(margin), ..opts.clone() });
+        let region =
+            render_region(&tiny, &image, rect, &RestoreOptions { context_margin: Some(margin), ..opts.clone() });
         let diff = max_abs_diff(&region, &expected);
         eprintln!("joint region, context margin {margin} px: max abs difference {diff:.2e}");
         assert!(diff <= last + 1e-6, "more context must not move the region further from the full render");
@@ -193,12 +207,17 @@ fn tile_edges(width: usize, tile: usize, overlap: usize) -> Vec<usize> {
 fn blending_hides_seams_on_a_smooth_gradient() {
     let tiny = restorer("tiny");
     let gradient = Image::from_planes(
-        Array3::from_shape_fn((3, 64, 384), |(c, y, x)| 0.2 + 0.5 * x as f32 / 384.0 + 0.1 * c as f32 + 0.05 * y as f32 / 64.0),
+        Array3::from_shape_fn((3, 64, 384), |(c, y, x)| {
+            0.2 + 0.5 * x as f32 / 384.0 + 0.1 * c as f32 + 0.05 * y as f32 / 64.0
+        }),
         None,
     )
     .unwrap();
     // The raw model output shows seams best; the colour fix would hide part of them.
-    let raw = |tile, overlap| RestoreOptions { color_fix: Some(ColorFix::None), ..options(TileMode::Independent, tile, overlap, 4) };
+    let raw = |tile, overlap| RestoreOptions {
+        color_fix: Some(ColorFix::None),
+        ..options(TileMode::Independent, tile, overlap, 4)
+    };
     let untiled = tiny.restore(&gradient, &raw(48, 0)).unwrap();
     let mut scores = Vec::new();
     for overlap in [0, 2, 4] {
@@ -235,7 +254,9 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
     let requirements = oracle.requirements(72, 40, &opts).unwrap();
     let (layout, bytes) = packed(&image);
     let mut out = vec![0u8; bytes.len()];
-    let stats = oracle.restore_pixels(&Pixels::new(layout, &bytes).unwrap(), &mut PixelsMut::new(layout, &mut out).unwrap(), &opts).unwrap();
+    let stats = oracle
+        .restore_pixels(&Pixels::new(layout, &bytes).unwrap(), &mut PixelsMut::new(layout, &mut out).unwrap(), &opts)
+        .unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(requirements.tiles > 4 && stats.tiles == requirements.tiles, "{requirements:?} {stats:?}");
     assert!(seen.iter().all(|&(_, n)| n == requirements.tiles));
@@ -245,13 +266,15 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
     assert!(max_abs_diff(&planes(&layout, &out), image.rgb()) <= 1e-3);
 
     for mode in [TileMode::Independent, TileMode::Joint] {
-        let opts = RestoreOptions {
-            progress: Some(Arc::new(|p: &dpir::Progress| p.tile < 3)),
-            ..options(mode, 8, 2, 2)
-        };
+        let opts =
+            RestoreOptions { progress: Some(Arc::new(|p: &dpir::Progress| p.tile < 3)), ..options(mode, 8, 2, 2) };
         let mut out = vec![0xA5u8; bytes.len()];
         let error = oracle
-            .restore_pixels(&Pixels::new(layout, &bytes).unwrap(), &mut PixelsMut::new(layout, &mut out).unwrap(), &opts)
+            .restore_pixels(
+                &Pixels::new(layout, &bytes).unwrap(),
+                &mut PixelsMut::new(layout, &mut out).unwrap(),
+                &opts,
+            )
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Cancelled);
         assert!(out.iter().all(|&b| b == 0xA5), "{mode:?}: a cancelled render writes nothing");
