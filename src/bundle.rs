@@ -210,6 +210,9 @@ impl Manifest {
         if !dir.is_dir() {
             return Err(Error::bundle(dir, "not a directory (a model bundle is a directory holding dpir.json)"));
         }
+        if !path.is_file() {
+            return Err(Error::bundle(dir, format!("not a dpir model bundle: it has no {MANIFEST_FILE}")));
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| Error::bundle(&path, format!("invalid manifest: {e}")))?;

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 pub enum Error {
     /// No ONNX Runtime library was found in any of the places dpir looks.
     #[error(
-        "ONNX Runtime library not found; looked in: {}. Run `python3 tools/fetch_onnxruntime.py`, \
-         or set DPIR_ORT_LIB to the path of libonnxruntime.so",
+        "ONNX Runtime 1.31 or newer was not found; looked for {}. Put libonnxruntime.so beside the program, set \
+         DPIR_ORT_LIB to its path, or install the onnxruntime Python package (in a dpir source checkout, \
+         `python3 tools/fetch_onnxruntime.py` fetches it)",
         display_paths(.searched)
     )]
     OnnxRuntimeNotFound {

@@ -104,6 +104,8 @@ fn candidates() -> Vec<PathBuf> {
         directories.push(dir);
     }
     directories.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib"));
+    // Beside the executable and beside libdpir are one place when libdpir is linked statically.
+    directories.dedup();
     let mut found: Vec<PathBuf> =
         directories.iter().flat_map(|dir| LIBRARY_NAMES.iter().map(move |name| dir.join(name))).collect();
     found.extend(python_package_libraries());

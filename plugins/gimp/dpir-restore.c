@@ -1,0 +1,752 @@
+/* DPIR Restore: a GIMP 3 plug-in that restores a layer, or the selected part of it, with dpir.
+ *
+ * Filters > Enhance > DPIR Restore...; PDB procedure "plug-in-dpir-restore", for script-fu:
+ *
+ *   (plug-in-dpir-restore #:run-mode RUN-NONINTERACTIVE #:image image #:drawables (vector layer)
+ *                         #:model "/path/to/bundle" #:steps 28 #:seed 1234)
+ *
+ * A thin layer over the dpir C ABI (include/dpir.h), linked statically so the plug-in is one file. It reads the
+ * selection's bounds, hands dpir the pixels those bounds need (dpir_region_of_interest) with the whole layer as
+ * the global context, and writes the result through the shadow buffer: one undo step, blended through a
+ * feathered selection. Pixels are read and written in the layer's own precision and TRC; babl and dpir do every
+ * conversion. Nothing is written unless the restore succeeds, so an error, or GIMP's progress cancel (which ends
+ * the plug-in process), leaves the layer as it was.
+ *
+ * The model is the "model" argument, else $DPIR_MODEL, else ~/.local/share/dpir/model ($XDG_DATA_HOME/dpir/model).
+ * ONNX Runtime is found as libdpir finds it: $DPIR_ORT_LIB, $ORT_DYLIB_PATH, or libonnxruntime.so beside the
+ * plug-in (where `make -C plugins/gimp install-gimp` puts it).
+ */
+
+#include <string.h>
+
+#include <libgimp/gimp.h>
+#include <libgimp/gimpui.h>
+
+#include <dpir.h>
+
+#define PLUG_IN_PROC   "plug-in-dpir-restore"
+#define PLUG_IN_BINARY "dpir-restore"
+#define MODEL_ENV      "DPIR_MODEL"
+
+
+#define RESTORE_TYPE_PLUG_IN (restore_plug_in_get_type ())
+G_DECLARE_FINAL_TYPE (RestorePlugIn, restore_plug_in, RESTORE, PLUG_IN, GimpPlugIn)
+
+struct _RestorePlugIn
+{
+  GimpPlugIn parent_instance;
+};
+
+/* How the layer's pixels travel to dpir and back: a babl format in the layer's colour space, and the dpir
+ * descriptor fields that say the same thing. */
+typedef struct
+{
+  const Babl *format;
+  guint32     channels;
+  guint32     sample;
+  guint32     transfer;
+  gsize       bytes_per_pixel;
+} PixelFormat;
+
+/* The latest progress report, copied out of dpir's callback. */
+typedef struct
+{
+  guint32 stage;
+  guint32 step;
+  guint32 steps;
+  guint32 tile;
+  guint32 tiles;
+} Progress;
+
+/* One restore running on a worker thread while the main thread, the only one that talks to GIMP, shows its
+ * progress. The fields below `lock` are shared and only touched under it. */
+typedef struct
+{
+  const dpir_restorer  *restorer;
+  const dpir_region    *region;
+  const dpir_pixels    *destination;
+  dpir_restore_options  options;
+
+  GMutex                lock;
+  GCond                 changed;
+  Progress              progress;
+  gboolean              fresh;
+  gboolean              cancel;
+  gboolean              finished;
+  dpir_status           status;
+  gchar                *message;
+} RestoreJob;
+
+
+static GList          *restore_plug_in_query_procedures (GimpPlugIn           *plug_in);
+static gboolean        restore_plug_in_set_i18n         (GimpPlugIn           *plug_in,
+                                                         const gchar          *name,
+                                                         gchar               **gettext_domain,
+                                                         gchar               **catalog_dir);
+static GimpProcedure  *restore_plug_in_create_procedure (GimpPlugIn           *plug_in,
+                                                         const gchar          *name);
+static GimpValueArray *restore_run                      (GimpProcedure        *procedure,
+                                                         GimpRunMode           run_mode,
+                                                         GimpImage            *image,
+                                                         GimpDrawable        **drawables,
+                                                         GimpProcedureConfig  *config,
+                                                         gpointer              run_data);
+static GimpPDBStatusType restore_drawable               (GimpImage            *image,
+                                                         GimpDrawable         *drawable,
+                                                         GimpProcedureConfig  *config,
+                                                         GError              **error);
+
+
+G_DEFINE_TYPE (RestorePlugIn, restore_plug_in, GIMP_TYPE_PLUG_IN)
+
+GIMP_MAIN (RESTORE_TYPE_PLUG_IN)
+
+
+static void
+restore_plug_in_class_init (RestorePlugInClass *klass)
+{
+  GimpPlugInClass *plug_in_class = GIMP_PLUG_IN_CLASS (klass);
+
+  plug_in_class->query_procedures = restore_plug_in_query_procedures;
+  plug_in_class->create_procedure = restore_plug_in_create_procedure;
+  plug_in_class->set_i18n         = restore_plug_in_set_i18n;
+}
+
+static void
+restore_plug_in_init (RestorePlugIn *plug_in)
+{
+}
+
+static GList *
+restore_plug_in_query_procedures (GimpPlugIn *plug_in)
+{
+  return g_list_append (NULL, g_strdup (PLUG_IN_PROC));
+}
+
+/* English only: no translation catalogue to look for. */
+static gboolean
+restore_plug_in_set_i18n (GimpPlugIn   *plug_in,
+                          const gchar  *name,
+                          gchar       **gettext_domain,
+                          gchar       **catalog_dir)
+{
+  return FALSE;
+}
+
+static GimpProcedure *
+restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
+                                  const gchar *name)
+{
+  GimpProcedure *procedure;
+
+  if (g_strcmp0 (name, PLUG_IN_PROC) != 0)
+    return NULL;
+
+  procedure = gimp_image_procedure_new (plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, restore_run, NULL, NULL);
+
+  gimp_procedure_set_image_types (procedure, "RGB*, GRAY*");
+  gimp_procedure_set_sensitivity_mask (procedure, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
+  gimp_procedure_set_menu_label (procedure, "DPIR _Restore...");
+  gimp_procedure_add_menu_path (procedure, "<Image>/Filters/Enhance");
+  gimp_procedure_set_documentation (procedure,
+                                    "Restore a degraded photo with DPIR diffusion",
+                                    "Restores the selected part of the layer (all of it without a selection) with "
+                                    "DPIR, a diffusion model, on ONNX Runtime. The pixels around the selection and "
+                                    "the whole layer guide the result; a feathered selection blends it in. Alpha "
+                                    "is kept as it is. Defaults (0, or -1) take the model's own values. The model "
+                                    "is the Model folder, else $" MODEL_ENV ", else ~/.local/share/dpir/model.",
+                                    name);
+  gimp_procedure_set_attribution (procedure, "The dpir authors", "The dpir authors", "2025");
+
+  gimp_procedure_add_file_argument (procedure, "model", "_Model folder",
+                                    "DPIR model bundle: the folder holding dpir.json and its graphs. None: $"
+                                    MODEL_ENV ", then ~/.local/share/dpir/model",
+                                    GIMP_FILE_CHOOSER_ACTION_SELECT_FOLDER, TRUE, NULL, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "steps", "_Steps",
+                                   "Denoising steps, 1 to 1000; 0 takes the model's (28 for DPIR)",
+                                   0, 1000, 0, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "seed", "S_eed",
+                                   "Seed of the starting noise; -1 takes the model's",
+                                   -1, G_MAXINT, -1, G_PARAM_READWRITE);
+  gimp_procedure_add_double_argument (procedure, "guidance", "_Guidance",
+                                      "Classifier-free guidance, 1 to 100 (1 is off, more doubles the work); "
+                                      "0 takes the model's",
+                                      0.0, 100.0, 0.0, G_PARAM_READWRITE);
+  gimp_procedure_add_choice_argument (procedure, "tile-mode", "Tile _mode",
+                                      "How a layer larger than one tile is sampled",
+                                      gimp_choice_new_with_values ("independent", DPIR_TILE_MODE_INDEPENDENT,
+                                                                   "Independent",
+                                                                   "Each tile on its own, blended with its "
+                                                                   "neighbours: a selection gets exactly the "
+                                                                   "pixels of a whole-layer restore",
+                                                                   "joint", DPIR_TILE_MODE_JOINT, "Joint",
+                                                                   "All tiles blended at every step (the official "
+                                                                   "tiled sampler); a selection samples the "
+                                                                   "tiles around it plus the context margin",
+                                                                   NULL),
+                                      "independent", G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "tile-size", "_Tile size",
+                                   "Tile side in latent samples (8 pixels each for DPIR); 0 takes the model's "
+                                   "(128, capped at one model pass)",
+                                   0, 8192, 0, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "tile-overlap", "Tile o_verlap",
+                                   "Overlap of neighbouring tiles in latent samples, smaller than the tile; "
+                                   "-1 takes the model's (16)",
+                                   -1, 8192, -1, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "context-margin", "_Context margin",
+                                   "Joint tile mode: pixels of layer around the selection sampled with it; "
+                                   "-1 takes one tile overlap. No effect in independent mode",
+                                   -1, 65536, -1, G_PARAM_READWRITE);
+  gimp_procedure_add_choice_argument (procedure, "execution-provider", "_Run on",
+                                      "Where the model runs",
+                                      gimp_choice_new_with_values ("cpu", DPIR_EXECUTION_PROVIDER_CPU, "CPU",
+                                                                   "ONNX Runtime's CPU provider",
+                                                                   "cuda", DPIR_EXECUTION_PROVIDER_CUDA,
+                                                                   "CUDA (GPU 0)",
+                                                                   "Needs onnxruntime-gpu with CUDA 13 and cuDNN 9",
+                                                                   "tensorrt", DPIR_EXECUTION_PROVIDER_TENSORRT,
+                                                                   "TensorRT (GPU 0)",
+                                                                   "Also needs TensorRT 10",
+                                                                   "auto", DPIR_EXECUTION_PROVIDER_AUTO,
+                                                                   "Best available",
+                                                                   "TensorRT, then CUDA, then the CPU",
+                                                                   NULL),
+                                      "cpu", G_PARAM_READWRITE);
+
+  return procedure;
+}
+
+static GimpValueArray *
+restore_run (GimpProcedure        *procedure,
+             GimpRunMode           run_mode,
+             GimpImage            *image,
+             GimpDrawable        **drawables,
+             GimpProcedureConfig  *config,
+             gpointer              run_data)
+{
+  GimpPDBStatusType  status;
+  GError            *error = NULL;
+  gint               n_drawables = 0;
+
+  gegl_init (NULL, NULL);
+
+  while (drawables != NULL && drawables[n_drawables] != NULL)
+    n_drawables++;
+
+  if (n_drawables != 1 || ! gimp_item_is_layer (GIMP_ITEM (drawables[0])))
+    {
+      g_set_error (&error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore works on one layer at a time: select exactly one layer (not a mask or channel).");
+      return gimp_procedure_new_return_values (procedure, GIMP_PDB_CALLING_ERROR, error);
+    }
+  if (gimp_item_is_group (GIMP_ITEM (drawables[0])))
+    {
+      g_set_error (&error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore cannot restore a layer group: select one of its layers.");
+      return gimp_procedure_new_return_values (procedure, GIMP_PDB_CALLING_ERROR, error);
+    }
+  if (gimp_drawable_is_indexed (drawables[0]))
+    {
+      g_set_error (&error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore needs an RGB or grayscale image: convert this indexed image with "
+                   "Image > Mode > RGB first.");
+      return gimp_procedure_new_return_values (procedure, GIMP_PDB_CALLING_ERROR, error);
+    }
+
+  if (run_mode == GIMP_RUN_INTERACTIVE)
+    {
+      GtkWidget *dialog;
+      gboolean   run;
+
+      gimp_ui_init (PLUG_IN_BINARY);
+      dialog = gimp_procedure_dialog_new (procedure, GIMP_PROCEDURE_CONFIG (config), "DPIR Restore");
+      gimp_procedure_dialog_fill (GIMP_PROCEDURE_DIALOG (dialog), NULL);
+      run = gimp_procedure_dialog_run (GIMP_PROCEDURE_DIALOG (dialog));
+      gtk_widget_destroy (dialog);
+      if (! run)
+        return gimp_procedure_new_return_values (procedure, GIMP_PDB_CANCEL, NULL);
+    }
+
+  status = restore_drawable (image, drawables[0], config, &error);
+
+  if (status == GIMP_PDB_SUCCESS && run_mode != GIMP_RUN_NONINTERACTIVE)
+    gimp_displays_flush ();
+
+  return gimp_procedure_new_return_values (procedure, status, error);
+}
+
+
+/*  The model  */
+
+static gchar *
+default_model_path (void)
+{
+  return g_build_filename (g_get_user_data_dir (), "dpir", "model", NULL);
+}
+
+/* The model folder: the argument, else $DPIR_MODEL, else the default location when it exists. */
+static gchar *
+find_model (GimpProcedureConfig  *config,
+            GError              **error)
+{
+  GFile       *file = NULL;
+  const gchar *env;
+  gchar       *path;
+
+  g_object_get (config, "model", &file, NULL);
+  if (file != NULL)
+    {
+      path = g_file_get_path (file);
+      if (path == NULL)
+        g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+                     "DPIR Restore: the model folder %s is not a local folder.", g_file_peek_path (file));
+      g_object_unref (file);
+      return path;
+    }
+
+  env = g_getenv (MODEL_ENV);
+  if (env != NULL && *env != '\0')
+    return g_strdup (env);
+
+  path = default_model_path ();
+  if (g_file_test (path, G_FILE_TEST_IS_DIR))
+    return path;
+
+  g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+               "DPIR Restore: no model found. Choose a DPIR model folder (one holding dpir.json) in the dialog, "
+               "set " MODEL_ENV " to one, or put one at %s.", path);
+  g_free (path);
+  return NULL;
+}
+
+/* What to do about a failure, by status. */
+static const gchar *
+status_hint (dpir_status status)
+{
+  switch (status)
+    {
+    case DPIR_STATUS_ONNX_RUNTIME:
+      return " The plug-in needs ONNX Runtime 1.31 or newer beside it (make -C plugins/gimp install-gimp puts it "
+             "there), or named by DPIR_ORT_LIB.";
+    case DPIR_STATUS_EXECUTION_PROVIDER:
+      return " Choose another place to run the model (CPU always works), or install what the provider needs.";
+    case DPIR_STATUS_BUNDLE:
+    case DPIR_STATUS_IO:
+      return " Choose a DPIR model folder (one holding dpir.json) in the dialog, or set " MODEL_ENV ".";
+    case DPIR_STATUS_TOO_LARGE:
+      return " Restore a smaller selection, or a smaller tile size.";
+    case DPIR_STATUS_INVALID_OPTIONS:
+      return " Check the dialog's values.";
+    default:
+      return "";
+    }
+}
+
+static void
+set_dpir_error (GError      **error,
+                const gchar  *what,
+                dpir_status   status,
+                const gchar  *detail)
+{
+  /* dpir's message says what went wrong ("image too large: ..."); its fixed status text stands in for none. */
+  const gchar *text = detail != NULL && *detail != '\0' ? detail : dpir_status_string (status);
+
+  g_set_error (error, GIMP_PLUG_IN_ERROR, 0, "DPIR Restore: %s: %s%s%s", what, text,
+               g_str_has_suffix (text, ".") ? "" : ".", status_hint (status));
+}
+
+
+/*  Pixels  */
+
+/* The layer's precision and TRC as a babl format and dpir descriptor fields. Gray with alpha, which dpir has no
+ * layout for, travels as RGBA: babl converts both ways. */
+static void
+choose_format (GimpImage    *image,
+               GimpDrawable *drawable,
+               PixelFormat  *pixels)
+{
+  const gchar *type;
+  const gchar *trc;
+  gchar       *name;
+  gboolean     gray  = gimp_drawable_is_gray (drawable);
+  gboolean     alpha = gimp_drawable_has_alpha (drawable);
+
+  switch (gimp_image_get_precision (image))
+    {
+    case GIMP_PRECISION_U8_LINEAR:
+    case GIMP_PRECISION_U8_NON_LINEAR:
+    case GIMP_PRECISION_U8_PERCEPTUAL:
+      type = "u8";
+      pixels->sample = DPIR_SAMPLE_TYPE_U8;
+      break;
+    case GIMP_PRECISION_U16_LINEAR:
+    case GIMP_PRECISION_U16_NON_LINEAR:
+    case GIMP_PRECISION_U16_PERCEPTUAL:
+      type = "u16";
+      pixels->sample = DPIR_SAMPLE_TYPE_U16;
+      break;
+    case GIMP_PRECISION_HALF_LINEAR:
+    case GIMP_PRECISION_HALF_NON_LINEAR:
+    case GIMP_PRECISION_HALF_PERCEPTUAL:
+      type = "half";
+      pixels->sample = DPIR_SAMPLE_TYPE_F16;
+      break;
+    default: /* 32-bit integer, float and double: float carries them */
+      type = "float";
+      pixels->sample = DPIR_SAMPLE_TYPE_F32;
+      break;
+    }
+
+  switch (gimp_image_get_precision (image))
+    {
+    case GIMP_PRECISION_U8_LINEAR:
+    case GIMP_PRECISION_U16_LINEAR:
+    case GIMP_PRECISION_U32_LINEAR:
+    case GIMP_PRECISION_HALF_LINEAR:
+    case GIMP_PRECISION_FLOAT_LINEAR:
+    case GIMP_PRECISION_DOUBLE_LINEAR:
+      trc = "";
+      pixels->transfer = DPIR_TRANSFER_LINEAR;
+      break;
+    case GIMP_PRECISION_U8_PERCEPTUAL:
+    case GIMP_PRECISION_U16_PERCEPTUAL:
+    case GIMP_PRECISION_U32_PERCEPTUAL:
+    case GIMP_PRECISION_HALF_PERCEPTUAL:
+    case GIMP_PRECISION_FLOAT_PERCEPTUAL:
+    case GIMP_PRECISION_DOUBLE_PERCEPTUAL:
+      trc = "~";
+      pixels->transfer = DPIR_TRANSFER_SRGB;
+      break;
+    default:
+      trc = "'";
+      pixels->transfer = DPIR_TRANSFER_SRGB;
+      break;
+    }
+
+  if (gray && ! alpha)
+    {
+      name             = g_strdup_printf ("Y%s %s", trc, type);
+      pixels->channels = 1;
+    }
+  else if (alpha)
+    {
+      name             = g_strdup_printf ("R%sG%sB%sA %s", trc, trc, trc, type);
+      pixels->channels = 4;
+    }
+  else
+    {
+      name             = g_strdup_printf ("R%sG%sB%s %s", trc, trc, trc, type);
+      pixels->channels = 3;
+    }
+  pixels->format = babl_format_with_space (name, babl_format_get_space (gimp_drawable_get_format (drawable)));
+  pixels->bytes_per_pixel = babl_format_get_bytes_per_pixel (pixels->format);
+  g_free (name);
+}
+
+/* Allocates a packed buffer of `width` x `height` pixels and describes it; NULL when memory is short. */
+static guchar *
+new_pixels (const PixelFormat *format,
+            guint32            width,
+            guint32            height,
+            dpir_pixels       *pixels)
+{
+  gsize   stride = (gsize) width * format->bytes_per_pixel;
+  guchar *data   = g_try_malloc (stride * height);
+
+  dpir_pixels_init (pixels, sizeof *pixels);
+  pixels->width    = width;
+  pixels->height   = height;
+  pixels->channels = format->channels;
+  pixels->sample   = format->sample;
+  pixels->transfer = format->transfer;
+  pixels->alpha    = DPIR_ALPHA_STRAIGHT;
+  pixels->stride   = (ptrdiff_t) stride;
+  pixels->data     = data;
+  return data;
+}
+
+/* Reads `area` of the layer's buffer into a new packed buffer; NULL when memory is short. */
+static guchar *
+read_pixels (GeglBuffer        *buffer,
+             const PixelFormat *format,
+             const dpir_rect   *area,
+             dpir_pixels       *pixels)
+{
+  guchar *data = new_pixels (format, area->width, area->height, pixels);
+
+  if (data != NULL)
+    gegl_buffer_get (buffer, GEGL_RECTANGLE (area->x, area->y, area->width, area->height), 1.0,
+                     format->format, data, (gint) pixels->stride, GEGL_ABYSS_NONE);
+  return data;
+}
+
+
+/*  Running the restore  */
+
+static int
+on_progress (const struct dpir_progress *progress,
+             void                       *user_data)
+{
+  RestoreJob *job = user_data;
+  gboolean    cancel;
+
+  g_mutex_lock (&job->lock);
+  job->progress.stage = progress->stage;
+  job->progress.step  = progress->step;
+  job->progress.steps = progress->steps;
+  job->progress.tile  = progress->tile;
+  job->progress.tiles = progress->tiles;
+  job->fresh          = TRUE;
+  cancel              = job->cancel;
+  g_cond_signal (&job->changed);
+  g_mutex_unlock (&job->lock);
+
+  return cancel ? 1 : 0;
+}
+
+static gpointer
+restore_worker (gpointer user_data)
+{
+  RestoreJob  *job    = user_data;
+  dpir_status  status = dpir_restore_region (job->restorer, job->region, job->destination, &job->options);
+  gchar       *message = g_strdup (dpir_last_error_message ()); /* per thread: read it here */
+
+  g_mutex_lock (&job->lock);
+  job->status   = status;
+  job->message  = message;
+  job->finished = TRUE;
+  g_cond_signal (&job->changed);
+  g_mutex_unlock (&job->lock);
+  return NULL;
+}
+
+/* Shows one progress report; FALSE when GIMP no longer takes progress (the run should stop). */
+static gboolean
+show_progress (const Progress *progress)
+{
+  guint32  tiles = MAX (progress->tiles, 1);
+  guint32  tile  = CLAMP (progress->tile, 1, tiles);
+  gdouble  within;
+  gchar   *where;
+  gboolean ok;
+
+  where = tiles > 1 ? g_strdup_printf (", tile %u of %u", tile, tiles) : g_strdup ("");
+  switch (progress->stage)
+    {
+    case DPIR_STAGE_ENCODE:
+      within = 0.0;
+      ok     = gimp_progress_set_text_printf ("DPIR: encoding%s", where);
+      break;
+    case DPIR_STAGE_PROMPT:
+      within = 0.05;
+      ok     = gimp_progress_set_text_printf ("DPIR: reading the image's context%s", where);
+      break;
+    case DPIR_STAGE_SAMPLE:
+      within = 0.1 + 0.8 * (progress->steps > 0 ? (gdouble) progress->step / progress->steps : 0.0);
+      ok     = gimp_progress_set_text_printf ("DPIR: denoising, step %u of %u%s",
+                                              MIN (progress->step + 1, progress->steps), progress->steps, where);
+      break;
+    default:
+      within = 0.9;
+      ok     = gimp_progress_set_text_printf ("DPIR: decoding%s", where);
+      break;
+    }
+  g_free (where);
+
+  return gimp_progress_update (((tile - 1) + within) / tiles) && ok;
+}
+
+/* Runs the restore on a worker thread and relays its progress to GIMP from this one. */
+static dpir_status
+run_restore (const dpir_restorer        *restorer,
+             const dpir_region          *region,
+             const dpir_pixels          *destination,
+             const dpir_restore_options *options,
+             gchar                     **message)
+{
+  RestoreJob   job = { 0 };
+  GThread     *worker;
+  Progress     progress;
+
+  job.restorer                   = restorer;
+  job.region                     = region;
+  job.destination                = destination;
+  job.options                    = *options;
+  job.options.progress           = on_progress;
+  job.options.progress_user_data = &job;
+  g_mutex_init (&job.lock);
+  g_cond_init (&job.changed);
+
+  worker = g_thread_new ("dpir-worker", restore_worker, &job);
+
+  g_mutex_lock (&job.lock);
+  while (! job.finished)
+    {
+      if (job.fresh)
+        {
+          gboolean going_on;
+
+          progress  = job.progress;
+          job.fresh = FALSE;
+          g_mutex_unlock (&job.lock);
+          going_on = show_progress (&progress);
+          g_mutex_lock (&job.lock);
+          if (! going_on)
+            job.cancel = TRUE;
+          continue;
+        }
+      g_cond_wait (&job.changed, &job.lock);
+    }
+  g_mutex_unlock (&job.lock);
+  g_thread_join (worker);
+
+  g_mutex_clear (&job.lock);
+  g_cond_clear (&job.changed);
+  *message = job.message;
+  return job.status;
+}
+
+static GimpPDBStatusType
+restore_drawable (GimpImage            *image,
+                  GimpDrawable         *drawable,
+                  GimpProcedureConfig  *config,
+                  GError              **error)
+{
+  GimpPDBStatusType     result   = GIMP_PDB_EXECUTION_ERROR;
+  dpir_restorer        *restorer = NULL;
+  dpir_load_options     load;
+  dpir_restore_options  options;
+  dpir_region           region;
+  dpir_pixels           crop, context, destination;
+  dpir_rect             rect, roi;
+  dpir_status           status;
+  PixelFormat           format;
+  GeglBuffer           *buffer   = NULL;
+  guchar               *crop_data = NULL, *context_data = NULL, *destination_data = NULL;
+  gchar                *model;
+  gchar                *message = NULL;
+  gint                  x, y, width, height;
+  gint                  steps, seed, tile_size, tile_overlap, context_margin;
+  gdouble               guidance;
+  guint32               frame_width  = (guint32) gimp_drawable_get_width (drawable);
+  guint32               frame_height = (guint32) gimp_drawable_get_height (drawable);
+
+  if (! gimp_drawable_mask_intersect (drawable, &x, &y, &width, &height))
+    {
+      g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore: the selection does not touch this layer: there is nothing to restore.");
+      return GIMP_PDB_EXECUTION_ERROR;
+    }
+
+  model = find_model (config, error);
+  if (model == NULL)
+    return GIMP_PDB_EXECUTION_ERROR;
+
+  dpir_load_options_init (&load, sizeof load);
+  load.execution_provider = (guint32) gimp_procedure_config_get_choice_id (config, "execution-provider");
+  gimp_progress_init ("DPIR: loading the model");
+  status = dpir_restorer_load (model, &load, &restorer);
+  if (status != DPIR_STATUS_OK)
+    {
+      gchar *what = g_strdup_printf ("cannot load the model %s", model);
+
+      set_dpir_error (error, what, status, dpir_last_error_message ());
+      g_free (what);
+      goto out;
+    }
+
+  g_object_get (config,
+                "steps", &steps, "seed", &seed, "guidance", &guidance, "tile-size", &tile_size,
+                "tile-overlap", &tile_overlap, "context-margin", &context_margin, NULL);
+  dpir_restore_options_init (&options, sizeof options);
+  options.steps          = (uint32_t) steps;
+  options.seed           = seed < 0 ? DPIR_SEED_DEFAULT : (uint64_t) seed;
+  options.guidance       = (float) guidance;
+  options.tile_mode      = (uint32_t) gimp_procedure_config_get_choice_id (config, "tile-mode");
+  options.tile_size      = (uint32_t) tile_size;
+  options.tile_overlap   = tile_overlap;
+  options.context_margin = context_margin;
+
+  /* The selection's bounds, and the layer pixels dpir reads to restore them. */
+  rect.x      = (uint32_t) x;
+  rect.y      = (uint32_t) y;
+  rect.width  = (uint32_t) width;
+  rect.height = (uint32_t) height;
+  status = dpir_region_of_interest (restorer, frame_width, frame_height, &rect, &options, &roi);
+  if (status != DPIR_STATUS_OK)
+    {
+      set_dpir_error (error, "cannot restore this layer", status, dpir_last_error_message ());
+      goto out;
+    }
+
+  choose_format (image, drawable, &format);
+  buffer = gimp_drawable_get_buffer (drawable);
+  crop_data = read_pixels (buffer, &format, &roi, &crop);
+  dpir_region_init (&region, sizeof region);
+  region.source       = &crop;
+  region.origin_x     = roi.x;
+  region.origin_y     = roi.y;
+  region.frame_width  = frame_width;
+  region.frame_height = frame_height;
+  region.rect         = rect;
+  if (roi.width == frame_width && roi.height == frame_height)
+    {
+      region.context = &crop;
+    }
+  else
+    {
+      dpir_rect whole = { 0, 0, frame_width, frame_height };
+
+      context_data   = read_pixels (buffer, &format, &whole, &context);
+      region.context = &context;
+    }
+  destination_data = new_pixels (&format, rect.width, rect.height, &destination);
+  if (crop_data == NULL || destination_data == NULL || (region.context == &context && context_data == NULL))
+    {
+      g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore: not enough memory for the pixels of this %u x %u layer. "
+                   "Restore a smaller layer or selection.", frame_width, frame_height);
+      goto out;
+    }
+
+  gimp_progress_set_text ("DPIR: restoring");
+  status = run_restore (restorer, &region, &destination, &options, &message);
+  if (status == DPIR_STATUS_CANCELLED)
+    {
+      result = GIMP_PDB_CANCEL;
+      goto out;
+    }
+  if (status != DPIR_STATUS_OK)
+    {
+      set_dpir_error (error, "the restore failed", status, message);
+      goto out;
+    }
+
+  /* Only now is the layer touched: through the shadow buffer, merged as one undo step. */
+  {
+    GeglBuffer *shadow = gimp_drawable_get_shadow_buffer (drawable);
+
+    gegl_buffer_set (shadow, GEGL_RECTANGLE (x, y, width, height), 0, format.format, destination_data,
+                     (gint) destination.stride);
+    g_object_unref (shadow); /* flushes the shadow tiles to GIMP */
+  }
+  if (! gimp_drawable_merge_shadow (drawable, TRUE))
+    {
+      g_set_error (error, GIMP_PLUG_IN_ERROR, 0, "DPIR Restore: GIMP did not take the restored pixels: %s",
+                   gimp_pdb_get_last_error (gimp_get_pdb ()));
+      goto out;
+    }
+  gimp_drawable_update (drawable, x, y, width, height);
+  gimp_progress_update (1.0);
+  result = GIMP_PDB_SUCCESS;
+
+out:
+  g_free (message);
+  g_free (destination_data);
+  g_free (context_data);
+  g_free (crop_data);
+  g_clear_object (&buffer);
+  dpir_restorer_free (restorer);
+  g_free (model);
+  return result;
+}
