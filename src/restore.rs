@@ -544,6 +544,22 @@ impl Restorer {
                 "tile overlap {overlap} must be smaller than the tile ({tile})"
             )));
         }
+        // Prompts are checked here so that a bad name fails before any work (loaded when rendering).
+        if let Some(name) = options.prompt.as_deref() {
+            if name != "zeros" && !m.text.prompts.contains_key(name) {
+                let known: Vec<&String> = m.text.prompts.keys().collect();
+                return Err(Error::InvalidOptions(format!(
+                    "prompt {name:?} is not in the bundle (it has \"zeros\" and {known:?})"
+                )));
+            }
+        }
+        if options.prompt_text.is_some() && self.text_encoder.is_none() {
+            return Err(Error::InvalidOptions(format!(
+                "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
+                bundle::TEXT_ENCODER_FILE,
+                m.text.prompts.keys().collect::<Vec<_>>()
+            )));
+        }
         let batch = options.tile_batch.unwrap_or(1);
         if !(1..=64).contains(&batch) {
             return Err(Error::InvalidOptions(format!("tile batch must be between 1 and 64, got {batch}")));
@@ -569,11 +585,7 @@ impl Restorer {
         let m = &self.manifest;
         match (&options.prompt_text, &self.text_encoder) {
             (Some(caption), Some(encoder)) => encoder.encode(caption, m, call.counted()),
-            (Some(_), None) => Err(Error::InvalidOptions(format!(
-                "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
-                bundle::TEXT_ENCODER_FILE,
-                m.text.prompts.keys().collect::<Vec<_>>()
-            ))),
+            (Some(_), None) => unreachable!("settings() refuses a caption without a text encoder"),
             (None, _) => bundle::load_prompt(&self.dir, m, options.prompt.as_deref().unwrap_or(&m.text.default)),
         }
     }

@@ -190,8 +190,12 @@ pub struct dpir_restore_options {
     /// Default 0.
     pub sample_posterior: u32,
     /// Name of a precomputed text prompt of the bundle, or "zeros" for none, or NULL (default) for the bundle's
-    /// default prompt. UTF-8.
+    /// default prompt. UTF-8. A name the bundle lacks fails the restore with `DPIR_STATUS_INVALID_OPTIONS`.
     pub prompt: *const c_char,
+    /// A caption (UTF-8) encoded with the bundle's text encoder, replacing `prompt`, or NULL (default). Bundles
+    /// without a text encoder (see `dpir_restorer_info.has_text_encoder`) fail the restore with
+    /// `DPIR_STATUS_INVALID_OPTIONS`.
+    pub prompt_text: *const c_char,
     /// Progress callback, or NULL (default).
     pub progress: Option<unsafe extern "C" fn(progress: *const dpir_progress, user_data: *mut c_void) -> c_int>,
     /// Passed to `progress` as it is. Default NULL.
@@ -230,6 +234,7 @@ impl Versioned for dpir_restore_options {
             color_fix: dpir_color_fix::Default as u32,
             sample_posterior: 0,
             prompt: std::ptr::null(),
+            prompt_text: std::ptr::null(),
             progress: None,
             progress_user_data: std::ptr::null_mut(),
             cancel: std::ptr::null(),
@@ -273,6 +278,7 @@ pub unsafe extern "C" fn dpir_restore_options_init(options: *mut dpir_restore_op
 /// # Safety
 /// A non-NULL `ptr` must point to a `dpir_load_options` whose strings are NUL-terminated.
 pub(crate) unsafe fn runtime_options(ptr: *const dpir_load_options) -> Outcome<RuntimeOptions> {
+    // SAFETY: NULL or a `dpir_load_options`, by the caller's contract.
     let options =
         if ptr.is_null() { dpir_load_options::defaults() } else { unsafe { read_struct(ptr, "load options")? } };
     let bad = |message: String| Failure::options(format!("load options: {message}"));
@@ -308,9 +314,10 @@ pub(crate) unsafe fn runtime_options(ptr: *const dpir_load_options) -> Outcome<R
 /// The restore options a C caller asked for (NULL: the defaults).
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a `dpir_restore_options` whose prompt is NUL-terminated and whose cancel
+/// A non-NULL `ptr` must point to a `dpir_restore_options` whose strings are NUL-terminated and whose cancel
 /// handle is live.
 pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcome<RestoreOptions> {
+    // SAFETY: NULL or a `dpir_restore_options`, by the caller's contract.
     let options =
         if ptr.is_null() { dpir_restore_options::defaults() } else { unsafe { read_struct(ptr, "restore options")? } };
     let bad = |message: String| Failure::options(format!("restore options: {message}"));
@@ -339,12 +346,13 @@ pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcom
             _ => Err(bad(format!("{name} {value} is negative (-1 means the library's choice)"))),
         }
     };
-    let prompt = if options.prompt.is_null() {
-        None
-    } else {
+    let text = |ptr: *const c_char, name: &str| -> Outcome<Option<String>> {
+        if ptr.is_null() {
+            return Ok(None);
+        }
         // SAFETY: non-NULL and NUL-terminated by the caller's contract.
-        let text = unsafe { CStr::from_ptr(options.prompt) };
-        Some(text.to_str().map_err(|_| bad("prompt is not UTF-8".into()))?.to_owned())
+        let text = unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| bad(format!("{name} is not UTF-8")))?;
+        Ok(Some(text.to_owned()))
     };
     // SAFETY: NULL or live, by the caller's contract.
     let cancel = unsafe { options.cancel.as_ref() }.map(|cancel| cancel.token.clone());
@@ -357,7 +365,8 @@ pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcom
         steps: (options.steps != 0).then_some(options.steps as usize),
         seed: (options.seed != DPIR_SEED_DEFAULT).then_some(options.seed),
         guidance: (options.guidance != 0.0).then_some(options.guidance),
-        prompt,
+        prompt: text(options.prompt, "prompt")?,
+        prompt_text: text(options.prompt_text, "prompt_text")?,
         clip_input,
         color_fix,
         sample_posterior: options.sample_posterior != 0,

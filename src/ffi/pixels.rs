@@ -7,7 +7,7 @@ use super::{
     c_enum_from_u32, call, call_quietly, dpir_status, init_struct, put, read_struct, Failure, Outcome, Versioned,
 };
 use crate::imagefile;
-use crate::{AlphaMode, Image, PixelLayout, SampleType, Transfer};
+use crate::{AlphaMode, PixelLayout, Pixels, PixelsMut, Rect, SampleType, Transfer};
 
 /// How one sample is stored (the `sample` field of `dpir_pixels`).
 #[repr(u32)]
@@ -100,12 +100,14 @@ impl Versioned for dpir_pixels {
     }
 }
 
-/// A validated descriptor: the Rust layout, and the memory it spans (from its lowest address).
+/// A validated descriptor: the Rust layout, the memory it spans (from its lowest address), and what the caller
+/// passed it as ("source", "destination", ...), for messages.
 #[derive(Debug)]
 pub(crate) struct Described {
     pub(crate) layout: PixelLayout,
     start: *mut u8,
     span: usize,
+    what: &'static str,
 }
 
 impl Described {
@@ -113,7 +115,7 @@ impl Described {
     ///
     /// # Safety
     /// A non-NULL `ptr` must point to a `dpir_pixels` (of the size its `size` field gives).
-    pub(crate) unsafe fn new(ptr: *const dpir_pixels, what: &str) -> Outcome<Described> {
+    pub(crate) unsafe fn new(ptr: *const dpir_pixels, what: &'static str) -> Outcome<Described> {
         // SAFETY: the caller's contract.
         let pixels = unsafe { read_struct(ptr, what)? };
         let bad = |message: String| Failure::image(format!("{what}: {message}"));
@@ -145,7 +147,7 @@ impl Described {
                 pixels.data, layout.stride
             )));
         }
-        Ok(Described { layout, start: pixels.data.cast::<u8>().wrapping_sub(below), span })
+        Ok(Described { layout, start: pixels.data.cast::<u8>().wrapping_sub(below), span, what })
     }
 
     /// Bytes the buffer spans.
@@ -154,46 +156,41 @@ impl Described {
     }
 
     /// Whether the two buffers share any byte.
-    pub(crate) fn overlaps(&self, other: &Described) -> bool {
+    fn overlaps(&self, other: &Described) -> bool {
         let (a, b) = (self.start as usize, other.start as usize);
         a < b + other.span && b < a + self.span
     }
 
     /// Fails unless `destination` shares no byte with this buffer (Rust may not read and write one memory).
-    pub(crate) fn check_apart(&self, destination: &Described, what: &str, destination_what: &str) -> Outcome {
+    pub(crate) fn check_apart(&self, destination: &Described) -> Outcome {
         if self.overlaps(destination) {
             return Err(Failure::image(format!(
-                "{what} and {destination_what} overlap; restoring in place is not supported, use separate buffers"
+                "{} and {} overlap; restoring in place is not supported, use separate buffers",
+                self.what, destination.what
             )));
         }
         Ok(())
     }
 
-    /// The described bytes, to read.
+    /// The pixels, to read.
     ///
     /// # Safety
     /// The descriptor's caller promised `span` readable bytes, not written by anyone during `'a`.
-    pub(crate) unsafe fn bytes<'a>(&self) -> &'a [u8] {
+    pub(crate) unsafe fn pixels<'a>(&self) -> Outcome<Pixels<'a>> {
         // SAFETY: validated non-NULL, no wrap-around, span <= isize::MAX; the rest is the caller's contract.
-        unsafe { std::slice::from_raw_parts(self.start, self.span) }
+        let bytes = unsafe { std::slice::from_raw_parts(self.start, self.span) };
+        Pixels::new(self.layout, bytes).map_err(Failure::about(self.what))
     }
 
-    /// The described bytes, to write.
+    /// The pixels, to write.
     ///
     /// # Safety
-    /// The descriptor's caller promised `span` writable bytes, used by nobody else during `'a`.
-    pub(crate) unsafe fn bytes_mut<'a>(&self) -> &'a mut [u8] {
-        // SAFETY: as for `bytes`, and the destination overlaps no source (checked by the callers).
-        unsafe { std::slice::from_raw_parts_mut(self.start, self.span) }
-    }
-
-    /// Reads the pixels into an image.
-    ///
-    /// # Safety
-    /// As for [`Described::bytes`].
-    pub(crate) unsafe fn read_image(&self, what: &str) -> Outcome<Image> {
-        // SAFETY: forwarded.
-        Image::from_pixels(&self.layout, unsafe { self.bytes() }).map_err(Failure::about(what))
+    /// The descriptor's caller promised `span` writable bytes, used by nobody else during `'a` (callers check
+    /// the destination is apart from every source with [`Described::check_apart`]).
+    pub(crate) unsafe fn pixels_mut<'a>(&self) -> Outcome<PixelsMut<'a>> {
+        // SAFETY: as for `pixels`, and nothing else refers to these bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.start, self.span) };
+        PixelsMut::new(self.layout, bytes).map_err(Failure::about(self.what))
     }
 }
 
@@ -398,11 +395,11 @@ pub unsafe extern "C" fn dpir_image_write(pixels: *const dpir_pixels, path: *con
         let (described, path) = unsafe { (Described::new(pixels, "pixels")?, super::path(path, "path")?) };
         let layout = described.layout;
         // SAFETY: validated; the caller promised readable memory.
-        let image = unsafe { described.read_image("pixels")? };
-        let out = imagefile::output_layout(path, &layout, layout.width, layout.height)?;
-        let mut bytes = vec![0u8; out.validate()?];
-        image.write_pixels(&out, &mut bytes)?;
-        imagefile::write(path, &out, &bytes)?;
+        let (rgb, alpha) = unsafe { described.pixels()? }.read(Rect::new(0, 0, layout.width, layout.height))?;
+        let stored = imagefile::output_layout(path, &layout, layout.width, layout.height)?;
+        let mut bytes = vec![0u8; stored.validate()?];
+        PixelsMut::new(stored, &mut bytes)?.write((0, 0), rgb.view(), alpha.as_ref().map(|a| a.view()));
+        imagefile::write(path, &stored, &bytes)?;
         Ok(())
     })
 }

@@ -8,7 +8,7 @@ use super::pixels::{dpir_pixels, Described};
 use super::{
     call, call_quietly, dpir_status, init_struct, non_null, put, read_struct, write_struct, Failure, Outcome, Versioned,
 };
-use crate::{ExecutionProvider, Pixels, PixelsMut, Rect, Region, Restorer};
+use crate::{ExecutionProvider, Rect, Region, Restorer};
 
 /// A loaded model bundle with its ONNX Runtime sessions. Thread-safe: any number of threads may restore with one
 /// restorer at the same time (each call keeps its own state; the graphs' runs are queued per graph).
@@ -43,6 +43,8 @@ pub struct dpir_restorer_info {
     pub default_guidance: f32,
     /// Seed when the options leave it at `DPIR_SEED_DEFAULT`.
     pub default_seed: u64,
+    /// 1 when the bundle has a text encoder, so `dpir_restore_options.prompt_text` can be used; else 0.
+    pub has_text_encoder: u32,
 }
 
 impl Versioned for dpir_restorer_info {
@@ -60,6 +62,7 @@ impl Versioned for dpir_restorer_info {
             default_steps: 0,
             default_guidance: 0.0,
             default_seed: 0,
+            has_text_encoder: 0,
         }
     }
 }
@@ -150,17 +153,18 @@ pub unsafe extern "C" fn dpir_restorer_get_info(
             default_steps: u32::try_from(manifest.scheduler.steps).unwrap_or(u32::MAX),
             default_guidance: manifest.defaults.guidance,
             default_seed: manifest.defaults.seed,
+            has_text_encoder: handle.restorer.has_text_encoder() as u32,
         };
         // SAFETY: forwarded from the caller.
         unsafe { write_struct(info, size, value, "info") }
     })
 }
 
-/// What restoring an image of a given size needs, filled by `dpir_requirements()`. Fields are only ever appended.
+/// What restoring an image of a given size needs, filled by `dpir_get_requirements()`. Fields are only ever appended.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct dpir_requirements {
-    /// `sizeof(dpir_requirements)` as passed to `dpir_requirements()`.
+    /// `sizeof(dpir_requirements)` as passed to `dpir_get_requirements()`.
     pub size: usize,
     /// Width of the output (the input's times the scale): what a whole-image destination must measure.
     pub output_width: u32,
@@ -285,7 +289,7 @@ pub unsafe extern "C" fn dpir_region_init(region: *mut dpir_region, size: usize)
 /// `restorer` must be NULL or live; `options` NULL or initialised; `requirements` NULL or valid for writing
 /// `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn dpir_requirements(
+pub unsafe extern "C" fn dpir_get_requirements(
     restorer: *const dpir_restorer,
     width: u32,
     height: u32,
@@ -352,16 +356,16 @@ pub unsafe extern "C" fn dpir_region_of_interest(
 ///
 /// # Safety
 /// As for [`Described::new`].
-unsafe fn described_destination(ptr: *const dpir_pixels, sources: &[(&Described, &str)]) -> Outcome<Described> {
+unsafe fn described_destination(ptr: *const dpir_pixels, sources: &[&Described]) -> Outcome<Described> {
     // SAFETY: forwarded.
     let destination = unsafe { Described::new(ptr, "destination")? };
-    for (source, what) in sources {
-        source.check_apart(&destination, what, "destination")?;
+    for source in sources {
+        source.check_apart(&destination)?;
     }
     Ok(destination)
 }
 
-/// Restores the whole image `source` into `destination`, which must measure what `dpir_requirements()` gives as
+/// Restores the whole image `source` into `destination`, which must measure what `dpir_get_requirements()` gives as
 /// the output size (the source's size times the scale) and may have any channels, sample type, alpha mode,
 /// transfer and stride. Images larger than one model pass are restored in tiles. `options` may be NULL (the
 /// defaults). Blocks until done; thread-safe (several threads may restore with one restorer at once).
@@ -389,11 +393,9 @@ pub unsafe extern "C" fn dpir_restore(
         let source = unsafe { Described::new(source, "source")? };
         // SAFETY: forwarded from the caller.
         let (destination, options) =
-            unsafe { (described_destination(destination, &[(&source, "source")])?, restore_options(options)?) };
+            unsafe { (described_destination(destination, &[&source])?, restore_options(options)?) };
         // SAFETY: validated; readable, and writable apart from the source, by the caller's contract.
-        let (source_bytes, destination_bytes) = unsafe { (source.bytes(), destination.bytes_mut()) };
-        let pixels = Pixels::new(source.layout, source_bytes).map_err(Failure::about("source"))?;
-        let mut dest = PixelsMut::new(destination.layout, destination_bytes).map_err(Failure::about("destination"))?;
+        let (pixels, mut dest) = unsafe { (source.pixels()?, destination.pixels_mut()?) };
         handle.restorer.restore_pixels(&pixels, &mut dest, &options)?;
         Ok(())
     })
@@ -430,26 +432,22 @@ pub unsafe extern "C" fn dpir_restore_region(
             // SAFETY: forwarded from the caller.
             false => Some(unsafe { Described::new(region.context, "region context")? }),
         };
-        let mut sources = vec![(&source, "region source")];
-        sources.extend(context.as_ref().map(|context| (context, "region context")));
+        let sources: Vec<&Described> = std::iter::once(&source).chain(&context).collect();
         // SAFETY: forwarded from the caller.
         let (destination, options) =
             unsafe { (described_destination(destination, &sources)?, restore_options(options)?) };
         // SAFETY: validated; readable, and writable apart from the sources, by the caller's contract.
-        let pixels = |described: &Described, what: &str| {
-            Pixels::new(described.layout, unsafe { described.bytes() }).map_err(Failure::about(what))
+        let (pixels, context, mut dest) = unsafe {
+            let context = context.as_ref().map(|context| context.pixels()).transpose()?;
+            (source.pixels()?, context, destination.pixels_mut()?)
         };
-        let frame = (region.frame_width as usize, region.frame_height as usize);
         let region = Region {
-            source: pixels(&source, "region source")?,
+            source: pixels,
             origin: (region.origin_x as usize, region.origin_y as usize),
-            frame,
+            frame: (region.frame_width as usize, region.frame_height as usize),
             rect: region.rect.into(),
-            context: context.as_ref().map(|context| pixels(context, "region context")).transpose()?,
+            context,
         };
-        // SAFETY: as above.
-        let mut dest = PixelsMut::new(destination.layout, unsafe { destination.bytes_mut() })
-            .map_err(Failure::about("destination"))?;
         handle.restorer.restore_region(&region, &mut dest, &options)?;
         Ok(())
     })
