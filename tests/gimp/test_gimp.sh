@@ -89,7 +89,7 @@ gimp_batch errors XDG_DATA_HOME="$in/default" || status=$?
 [ "$status" != 0 ] || { show_log errors; echo "the errors batch exited 0"; exit 1; }
 echo "  ok  gimp-console-3 exited $status"
 expect_in_log errors "missing-folder.png failed as expected: Procedure execution of plug-in-dpir-restore failed on invalid input arguments"
-expect_in_log errors "not-a-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot load the model $in/bundles: $in/bundles/dpir.json: No such file"
+expect_in_log errors "not-a-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot load the model $in/bundles: model bundle $in/bundles: not a dpir model bundle: it has no dpir.json"
 expect_in_log errors "broken-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: the restore failed: the model produced an unusable result"
 expect_in_log errors "bad-option.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot restore this layer: invalid option: guidance must be between 1 and 100"
 expect_in_log errors "too-large.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot restore this layer: image too large"

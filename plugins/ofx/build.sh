@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the OpenFX plug-in bundle with libdpir linked in statically:
+#
+#   bash plugins/ofx/build.sh [--out DIR] [--with-onnxruntime] [--asan]
+#
+# makes DIR/dpir.ofx.bundle/Contents/Linux-x86-64/dpir.ofx (DIR defaults to build/ofx) and prints the bundle's path.
+# --with-onnxruntime also copies the fetched ONNX Runtime (build/onnxruntime/lib, see tools/setup.sh) beside
+# dpir.ofx, where libdpir finds it without any setting. --asan builds the plug-in's C with AddressSanitizer (for a
+# host built with it too; the tests do). Install by copying dpir.ofx.bundle into a folder on OFX_PLUGIN_PATH or
+# /usr/OFX/Plugins.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+usage() {
+    echo "usage: $0 [--out DIR] [--with-onnxruntime] [--asan]" >&2
+    exit 2
+}
+out=build/ofx
+with_onnxruntime=0
+flags="-O2 -Wl,-z,defs -Wl,--strip-debug"
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --out) [ $# -ge 2 ] || usage; out=$2; shift 2 ;;
+    --out=*) out=${1#--out=}; shift ;;
+    --with-onnxruntime) with_onnxruntime=1; shift ;;
+    --asan) flags="-O1 -g -fsanitize=address -fno-omit-frame-pointer"; shift ;;
+    *) usage ;;
+    esac
+done
+
+cargo build --release --lib --quiet
+target=${CARGO_TARGET_DIR:-target}/release
+binary=$out/dpir.ofx.bundle/Contents/Linux-x86-64
+mkdir -p "$binary"
+# Only OfxGetPlugin and OfxGetNumberOfPlugins are exported; -z nodelete keeps the plug-in mapped if a host
+# dlcloses it while ONNX Runtime threads or Rust thread-locals of libdpir are alive. The libraries after libdpir.a
+# are what Rust's standard library needs (rustc --print native-static-libs).
+cc -std=c11 -pedantic -Wall -Wextra -Werror $flags -fPIC -shared -fvisibility=hidden -Iinclude \
+    plugins/ofx/dpir_ofx.c "$target/libdpir.a" -o "$binary/dpir.ofx.tmp" \
+    -Wl,--version-script=plugins/ofx/exports.map -Wl,--gc-sections -Wl,-z,nodelete \
+    -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+mv "$binary/dpir.ofx.tmp" "$binary/dpir.ofx"
+if [ "$with_onnxruntime" = 1 ]; then
+    cp -P build/onnxruntime/lib/libonnxruntime.so* "$binary/"
+fi
+echo "$out/dpir.ofx.bundle"

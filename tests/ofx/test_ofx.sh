@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The OpenFX plug-in's tests (run by tools/test.sh; about a minute on two cores):
+# 1. builds dpir.ofx.bundle (plugins/ofx/build.sh) and the conformance host (tests/ofx/host.c), plus both with
+#    AddressSanitizer;
+# 2. the conformance host: tiles equal the full frame, regions of interest served exactly, every pixel format,
+#    still frames, failures and aborts;
+# 3. MLT's melt 7.42 in the Debian forky chroot (tests/ofx/melt.sh).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=build/ofx
+tiny=model=tests/fixtures/bundles/tiny
+oracle=model=tests/fixtures/bundles/oracle
+id=org.dpir.Restore
+
+echo "-- build dpir.ofx.bundle: libdpir.a linked in, only the OpenFX entry points exported"
+bundle=$(bash plugins/ofx/build.sh --out "$out")
+asan_bundle=$(bash plugins/ofx/build.sh --out "$out/asan" --asan)
+diff <(nm -D --defined-only "$bundle/Contents/Linux-x86-64/dpir.ofx" | awk '{print $3}' | sort) \
+    <(printf 'OfxGetNumberOfPlugins\nOfxGetPlugin\n')
+cc -std=c11 -O1 -g -Wall -Wextra -Werror tests/ofx/host.c -o "$out/ofx_host" -ldl -lm -pthread
+cc -std=c11 -O1 -g -fsanitize=address -fno-omit-frame-pointer -Wall -Wextra -Werror tests/ofx/host.c \
+    -o "$out/asan/ofx_host" -ldl -lm -pthread
+host() { "$out/ofx_host" "$@"; }
+# tiny: tiles of 8 latents (64 px) overlapping by 2, so small frames hold several of dpir's tiles
+small_tiles="tile_size=8 tile_overlap=2"
+
+echo "-- conformance host: what the plug-in declares"
+host "$bundle" $id describe
+
+echo "-- tiles equal the full frame (tiny bundle, independent mode, whole-frame global context; each tile served"
+echo "   exactly its RoI, outputs NaN-poisoned, rowBytes of both signs, render scales 1 and 0.5, two threads)"
+host --frame 192x144 --tiles 80x56,53x71 "$bundle" $id tiles $tiny steps=2 $small_tiles
+
+echo "-- Region global context: RoIs from dpir_region_of_interest, served exactly; the crop stands in for the frame"
+echo "   in the global prompt, so tiles differ slightly (bounded at 0.02) ..."
+host --frame 320x224 --tiles 96x80 --scales 1 --tolerance 0.02 "$bundle" $id tiles $tiny steps=2 $small_tiles \
+    global_context=Region context_margin=0
+echo "   ... and equal the full frame when the host hands over the whole frame anyway (as MLT and Resolve do)"
+host --serve-whole --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles $tiny steps=2 $small_tiles \
+    global_context=Region
+
+echo "-- every pixel format returns its input through the oracle bundle, in tiles (whole frame; Region with crops)"
+host --frame 97x75 "$bundle" $id identity $oracle steps=1
+host --frame 160x120 --scales 1 "$bundle" $id identity $oracle steps=1 global_context=Region context_margin=0 \
+    tile_size=16 tile_overlap=4 | tail -n 3
+
+echo "-- a still source does not flicker from frame to frame; with a seed per frame it does change"
+host "$bundle" $id still $tiny steps=2
+host "$bundle" $id varying $tiny steps=2 seed_per_frame=1
+
+echo "-- failures are kOfxStatFailed with a message and a cleared window, never a crash; abort stops a render"
+host "$bundle" $id fail model=/no/such/bundle
+env -u DPIR_MODEL -u XDG_DATA_HOME HOME=/nonexistent "$out/ofx_host" "$bundle" $id fail
+host "$bundle" $id fail model=tests/fixtures/bundles/broken_nan
+host "$bundle" $id fail $tiny guidance=0.5
+host --abort-after 0 "$bundle" $id abort $tiny
+host --abort-after 3 "$bundle" $id abort $tiny
+
+echo "-- AddressSanitizer (leaks included): host and plug-in C over tiles, formats, failures, abort"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+asan() { "$out/asan/ofx_host" "$@" | tail -n 1; }
+asan --frame 192x144 --tiles 53x71 --scales 0.5 "$asan_bundle" $id tiles $tiny steps=2 $small_tiles
+asan --frame 97x75 --scales 1 "$asan_bundle" $id identity $oracle steps=1
+asan "$asan_bundle" $id fail model=/no/such/bundle 2>/dev/null
+asan --abort-after 3 "$asan_bundle" $id abort $tiny
+unset ASAN_OPTIONS
+
+echo "-- MLT melt 7.42 in a Debian forky chroot (tests/ofx/melt.sh)"
+cargo build --release --quiet # the dpir CLI the tiny-bundle frame is compared with
+bash tests/ofx/melt.sh "$bundle"
