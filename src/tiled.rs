@@ -215,9 +215,23 @@ fn global_prompt(restorer: &Restorer, frame: &Frame<'_>, settings: &Settings, ca
     let (width, height) = source.frame();
     let clip = &restorer.manifest().clip;
     let rects = prompt::global_tiles(width, height, clip);
+    // A frame that is one pass reconstructs the whole frame once and crops the global tiles from it, as the
+    // procedure says; larger frames reconstruct each global tile on its own, to keep memory per tile.
+    let whole = Rect::new(0, 0, width, height);
+    let (latent_w, latent_h) = restorer.latent_size(width, height);
+    let one_pass = latent_w <= settings.tile && latent_h <= settings.tile;
+    let reconstructed = match settings.clip_input {
+        ClipInput::InitialRestoration if one_pass && frame.context.is_none() => {
+            Some(clip_image(restorer, source, whole, settings, call)?)
+        }
+        _ => None,
+    };
     let mut crops = Vec::with_capacity(rects.len());
     for &rect in &rects {
-        let image = clip_image(restorer, source, rect, settings, call)?;
+        let image = match &reconstructed {
+            Some(frame) => CowArray::from(frame.slice(window(rect))),
+            None => CowArray::from(clip_image(restorer, source, rect, settings, call)?),
+        };
         crops.push(prompt::preprocess(image.view(), clip));
     }
     let features = restorer.clip_features(&crops, call)?;

@@ -156,3 +156,17 @@ fn the_caption_changes_the_result() {
     let (a, b) = (tiny.restore(&input, &plain).unwrap(), tiny.restore(&input, &captioned).unwrap());
     assert!(max_abs_diff(a.rgb(), b.rgb()) > 1e-3, "the text encoder's block reaches the transformer");
 }
+
+#[test]
+fn initial_restoration_over_several_global_tiles_matches() {
+    check(Case {
+        name: "initial restoration, global tiles",
+        size: (100, 130),
+        scale: 1.0,
+        steps: 3,
+        guidance: 1.0,
+        prompt: "zeros",
+        clip_input: ClipInput::InitialRestoration,
+        caption: None,
+    });
+}

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: sets up (tools/setup.sh), checks the committed fixtures regenerate byte for byte, runs the
-# fixture and reference-pipeline self-checks, then the Rust unit and integration tests.
+# Runs every test (what CI runs through .ci/run): sets up (tools/setup.sh, tools/setup-tests.sh), checks the
+# committed fixtures regenerate byte for byte, runs the fixture and reference-pipeline self-checks, the Rust unit
+# and integration tests, the C ABI (header, installed libraries, C and C++ tests, valgrind, AddressSanitizer,
+# libFuzzer), the GIMP and OpenFX plug-ins in real hosts (a Debian forky chroot; needs root), and the converter
+# on tiny models of the real PyTorch classes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+bash tools/setup-tests.sh
 py=build/venv/bin/python
 
 echo "== fixtures regenerate identically"
@@ -18,3 +22,123 @@ $py tools/reference/test_reference.py
 
 echo "== Rust tests"
 cargo test --release
+
+# The C ABI: the header, the installed libraries, and C and C++ programs built against them.
+capi=build/c-api
+strict="-Wall -Wextra -Werror -pedantic"
+cabi_scratch=$(mktemp -d)
+trap 'rm -rf "$fresh" "$cabi_scratch"' EXIT
+mkdir -p "$cabi_scratch/corrupt_graph"
+cp -r tests/fixtures/bundles/oracle/. "$cabi_scratch/corrupt_graph/"
+echo "not a graph" >"$cabi_scratch/corrupt_graph/transformer.onnx"
+
+echo "== C ABI: include/dpir.h equals a fresh cbindgen run over src/ffi"
+cbindgen --quiet --config cbindgen.toml --output "$fresh/dpir.h" src/ffi/mod.rs
+diff -u include/dpir.h "$fresh/dpir.h"
+
+echo "== C ABI: install under $capi/install; SONAME, exported symbols, pkg-config"
+rm -rf "$capi" && mkdir -p "$capi/bin"
+bash tools/install.sh --prefix "$capi/install" --with-onnxruntime
+export PKG_CONFIG_PATH=$PWD/$capi/install/lib/pkgconfig
+abi=$(sed -n 's/^#define DPIR_ABI_VERSION \([0-9]*\)$/\1/p' include/dpir.h)
+readelf -d "$capi/install/lib/libdpir.so" | grep -q "Library soname: \[libdpir.so.$abi\]"
+diff <(nm -D --defined-only "$capi/install/lib/libdpir.so" | awk '{print $3}' | sort) \
+    <(sed -n 's/^[a-z].*[ *]\(dpir_[a-z_]*\)(.*/\1/p' include/dpir.h | sort)
+echo "libdpir.so.$abi exports exactly the $(grep -c '^[a-z].*[ *]dpir_[a-z_]*(' include/dpir.h) functions of dpir.h"
+
+echo "== C ABI: build the examples and tests with pkg-config (C99 and C++17, $strict)"
+cc -std=c99 $strict -O1 -g examples/restore.c -o "$capi/bin/restore" $(pkg-config --cflags --libs dpir)
+c++ -std=c++17 $strict -O1 -g examples/restore.cpp -o "$capi/bin/restore_cpp" $(pkg-config --cflags --libs dpir)
+cc -std=c99 $strict -O1 -g tests/c/test_capi.c -o "$capi/bin/test_capi" $(pkg-config --cflags --libs dpir) -pthread -lm
+c++ -std=c++17 $strict -O1 -g tests/c/test_cpp.cpp -o "$capi/bin/test_cpp" $(pkg-config --cflags --libs dpir)
+export LD_LIBRARY_PATH=$PWD/$capi/install/lib
+
+echo "== C ABI: C test program (every function, status and bad descriptor; 4 threads; cancel from a thread)"
+"$capi/bin/test_capi" tests/fixtures/bundles "$cabi_scratch"
+
+echo "== C ABI: C++ wrapper test"
+"$capi/bin/test_cpp" tests/fixtures/bundles "$cabi_scratch"
+
+echo "== C ABI: the C and C++ examples restore a PNG with the oracle bundle, identically"
+oracle=tests/fixtures/bundles/oracle
+picture=examples/images/landscape.png
+"$capi/bin/restore" $oracle $picture "$cabi_scratch/c.png" 2 2>/dev/null
+"$capi/bin/restore_cpp" $oracle $picture "$cabi_scratch/cpp.png" 2 2>/dev/null
+cmp "$cabi_scratch/c.png" "$cabi_scratch/cpp.png"
+
+echo "== C ABI: the examples in README.md and at the top of dpir.h build and restore the same PNG"
+awk '/^A complete program/ {f = 1} f && /^```c$/ {p = 1; next} p && /^```$/ {exit} p' README.md \
+    >"$cabi_scratch/readme.c"
+sed -n '/^ \* @code$/,/^ \* @endcode$/p' include/dpir.h | sed '1d;$d' | sed 's/^ \* \{0,1\}//' >"$cabi_scratch/header.c"
+cmp "$cabi_scratch/readme.c" "$cabi_scratch/header.c"
+cc -std=c99 $strict "$cabi_scratch/readme.c" -o "$capi/bin/readme_example" $(pkg-config --cflags --libs dpir)
+"$capi/bin/readme_example" $oracle $picture "$cabi_scratch/readme.png"
+cmp "$cabi_scratch/c.png" "$cabi_scratch/readme.png"
+
+echo "== C ABI: the C example under valgrind memcheck (no errors, no definite leaks)"
+vglog=$cabi_scratch/valgrind.log
+if ! valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+    --suppressions=tests/c/valgrind.supp --log-file="$vglog" \
+    "$capi/bin/restore" $oracle $picture "$cabi_scratch/vg.png" 2 \
+    >/dev/null 2>&1; then
+    cat "$vglog"
+    exit 1
+fi
+grep -E "ERROR SUMMARY|(definitely|indirectly|possibly) lost:" "$vglog" | sed 's/^==[0-9]*== *//'
+
+echo "== C ABI: AddressSanitizer build of the C test, linked with the static libdpir.a"
+cc -std=c99 $strict -O1 -g -fsanitize=address -fno-omit-frame-pointer tests/c/test_capi.c \
+    -o "$capi/bin/test_capi_asan" $(pkg-config --cflags --libs dpir-static) -pthread -lm
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$capi/bin/test_capi_asan" tests/fixtures/bundles "$cabi_scratch"
+
+echo "== C ABI: libFuzzer over descriptor, options and region validation (30 s, committed corpus)"
+clang-14 -std=c99 $strict -O1 -g -fsanitize=fuzzer,address fuzz/fuzz_validation.c \
+    -o "$capi/bin/fuzz_validation" $(pkg-config --cflags --libs dpir)
+mkdir -p "$cabi_scratch/fuzz"
+if ! DPIR_FUZZ_BUNDLE=$oracle "$capi/bin/fuzz_validation" -max_total_time=30 -timeout=20 \
+    -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$capi/" "$cabi_scratch/fuzz" fuzz/corpus/validation \
+    >"$cabi_scratch/fuzz.log" 2>&1; then
+    tail -n 60 "$cabi_scratch/fuzz.log"
+    echo "the failing input is in $capi/ (crash-*, leak-* or timeout-*)"
+    exit 1
+fi
+grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$cabi_scratch/fuzz.log"
+
+# The GIMP 3 plug-in in a real GIMP (about a minute once tools/hosts/chroot.sh has built the chroot).
+echo "== GIMP plug-in: built and run in gimp-console-3 in a Debian forky chroot (tests/gimp/test_gimp.sh)"
+bash tests/gimp/test_gimp.sh
+
+# The OpenFX plug-in: a project-written conformance host (tiles against the full frame, regions of interest served
+# exactly, every pixel format, failures, abort; also under AddressSanitizer), then MLT's melt 7.42 in the Debian
+# forky chroot (about 30 s once tools/hosts/chroot.sh has built the chroot).
+echo "== OpenFX plug-in: conformance host and melt in a Debian forky chroot (tests/ofx/test_ofx.sh)"
+bash tests/ofx/test_ofx.sh
+
+# The converter (tools/export, issue 5): tiny randomly initialised models of the real classes (diffusers'
+# SD3Transformer2DModel + our LQ branch, AutoencoderKL, transformers' CLIPModel and T5EncoderModel) saved in the
+# real release's layouts, converted with the real command. The converter itself checks every graph on ONNX Runtime
+# against PyTorch and restores through target/release/dpir against its PyTorch reference pipeline from the same
+# noise (fp32: <= 1e-3 on [0,1] pixels). torch lives in its own venv (build/export-venv, about 6 GiB, a few minutes
+# the first time); the Rust tests above do not need it. About 4 minutes on a 2-core machine once installed.
+echo "== converter: set up build/export-venv (tools/export/setup.sh)"
+bash tools/export/setup.sh
+xpy=build/export-venv/bin/python
+xdir=build/export-test
+rm -rf "$xdir" && mkdir -p "$xdir"
+m=$xdir/models
+echo "== converter: tiny models of the real classes, converter self-checks (tools/export/test_export.py)"
+$xpy -m dpir_export.tiny "$m" >/dev/null
+$xpy tools/export/test_export.py "$m"
+sources=(--sd3 "$m/stable-diffusion-3-medium-diffusers" --dpir-transformer "$m/dpir/consolidated.00-of-01.pth"
+    --vae-encoder "$m/dr-vae" --clip-b32 "$m/clip-vit-base-patch32" --clip-bigg "$m/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+    --t5 "$m/stable-diffusion-3-medium-diffusers/text_encoder_3" --prompt "quality=a high quality sharp photo"
+    --clip-tokens 20 --text-tokens 16 --global-tile 48 --global-overlap 8 --name dpir-tiny)
+echo "== converter: fp32 bundle with t5.onnx; graph checks and four restores (plain, guided + prompt + upscaled,"
+echo "   CLIP on the initial restoration, caption through t5.onnx) against the PyTorch reference"
+$xpy -m dpir_export "${sources[@]}" --dtype fp32 --out "$xdir/tiny-fp32" --export-t5 --verify-extended
+echo "== converter: fp16 bundle, weights as external data, one process per step"
+DPIR_EXPORT_EXTERNAL_BYTES=100000 $xpy -m dpir_export "${sources[@]}" --dtype fp16 --out "$xdir/tiny-fp16" \
+    --isolate always
+test -f "$xdir/tiny-fp16/transformer.onnx.data"
+echo "== converter: bf16 bundle (bfloat16 weights and boundaries, float32 arithmetic)"
+$xpy -m dpir_export "${sources[@]}" --dtype bf16 --out "$xdir/tiny-bf16"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond tools/setup.sh, each piece only when missing: a Python venv for the fixture
+# generator and the reference pipeline (build/venv), cbindgen (generates include/dpir.h), valgrind, gcc's
+# AddressSanitizer runtime, clang with libFuzzer and pkg-config. The plug-in tests build their Debian chroot
+# (tools/hosts/chroot.sh) and the converter test its PyTorch venv (tools/export/setup.sh) themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x build/venv/bin/python ] || ! cmp -s tools/requirements.txt build/venv/.requirements; then
+    echo "setting up the Python environment in build/venv ..."
+    python3 -m venv build/venv
+    build/venv/bin/python -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+    cp tools/requirements.txt build/venv/.requirements
+fi
+
+if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
+    echo "installing cbindgen 0.29.4 ..."
+    cargo install cbindgen --version 0.29.4 --locked --quiet
+fi
+missing=()
+for package in valgrind libasan8 clang-14 libclang-rt-14-dev pkg-config; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
