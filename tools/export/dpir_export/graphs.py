@@ -167,7 +167,8 @@ def export(name, job, out_dir, log=print):
     module = prepare(load_module(name, job, log=log), name, job)
     io = module.io_dtype
     inputs = io_inputs(name, example_inputs(name, manifest, batch=2, size_index=1), io)
-    log(f"  exporting {name} (compute {module.compute_dtype()}, inputs/outputs {io}) ...")
+    kept = "".join(f", {n} float32" for n in module.float32_inputs)
+    log(f"  exporting {name} (compute {module.compute_dtype()}, inputs/outputs {io}{kept}) ...")
     with torch.no_grad():
         program = torch.onnx.export(module, inputs, None, input_names=module.input_names,
                                     output_names=module.output_names, dynamic_shapes=dynamic_shapes(name, manifest),
