@@ -110,7 +110,7 @@ fn relative(inner: Rect, outer: Rect) -> Rect {
 }
 
 /// The global prompt: one summary token per global tile of the context image, and, when the context is the frame
-/// itself, each tile's features by rectangle so a tile that coincides with one reuses them.
+/// itself, each global tile's features by rectangle so a sampling tile that coincides with one can reuse them.
 struct Global {
     tokens: Vec<Array1<f32>>,
     reusable: Vec<(Rect, Features)>,
@@ -236,7 +236,12 @@ fn global_prompt(restorer: &Restorer, frame: &Frame<'_>, settings: &Settings, ca
     }
     let features = restorer.clip_features(&crops, call)?;
     let tokens = features.iter().map(Features::summary).collect();
-    let reusable = if frame.context.is_none() { rects.into_iter().zip(features).collect() } else { Vec::new() };
+    // A tile whose visible part is a global tile reuses its features when they are the same numbers it would
+    // compute: always for the input itself, and for the reconstruction only when the frame is one pass (larger
+    // frames reconstruct a tile from its own latent, with margins).
+    let same_numbers = settings.clip_input == ClipInput::Lq || reconstructed.is_some();
+    let reusable =
+        if frame.context.is_none() && same_numbers { rects.into_iter().zip(features).collect() } else { Vec::new() };
     Ok(Global { tokens, reusable })
 }
 

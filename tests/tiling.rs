@@ -280,3 +280,21 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
         assert!(out.iter().all(|&b| b == 0xA5), "{mode:?}: a cancelled render writes nothing");
     }
 }
+
+#[test]
+fn regions_equal_the_full_render_with_clip_on_the_initial_restoration() {
+    // Tiles of 64 px without overlap coincide with the tiny bundle's 64 px global tiles at the frame's corner.
+    let tiny = restorer("tiny");
+    let image = picture(128, 192);
+    let opts = RestoreOptions {
+        clip_input: Some(dpir::ClipInput::InitialRestoration),
+        ..options(TileMode::Independent, 8, 0, 2)
+    };
+    let full = tiny.restore(&image, &opts).unwrap();
+    for rect in [Rect::new(0, 0, 64, 64), Rect::new(40, 30, 100, 60)] {
+        let region = render_region(&tiny, &image, rect, &opts);
+        let expected = full.rgb().slice(s![.., rect.y..rect.bottom(), rect.x..rect.right()]).to_owned();
+        let diff = max_abs_diff(&region, &expected);
+        assert!(diff <= 1e-4, "{rect:?}: max diff {diff}");
+    }
+}
