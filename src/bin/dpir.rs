@@ -287,7 +287,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Bench { model, sizes, steps, runs, tile_size } => {
+            let started = Instant::now();
             let restorer = load(model)?;
+            println!("loaded in {:.2} s", started.elapsed().as_secs_f64());
             let steps = steps.unwrap_or(restorer.manifest().scheduler.steps);
             println!(
                 "bundle {} on {}, {steps} steps, best of {runs} runs",
