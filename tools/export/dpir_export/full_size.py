@@ -11,11 +11,11 @@ that the runtime, the converter's checks and a PyTorch reference fit one 24 GiB 
 made from these use the all-zero text block. Weights are random: results are noise, timings and memory are real.
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
+
+from .tiny import _write_json, run
 
 TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
@@ -38,11 +38,6 @@ CLIP_GLOBAL = dict(projection_dim=1280, text_config=dict(TEXT, projection_dim=12
                    vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                       num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu",
                                       projection_dim=1280))
-
-
-def _write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def make(out, seed=0):
@@ -77,17 +72,7 @@ def make(out, seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Write random models with the real DPIR shapes.")
-    ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    from .worker import quiet
-
-    quiet()
-    command = make(args.out, args.seed)
-    print("wrote full-size random models to", args.out)
-    print("convert with: python -m dpir_export " + " ".join(repr(a) if " " in a else a for a in command)
-          + " --dtype fp32 --out BUNDLE")
+    run(make, "random models with the real shapes", argv)
 
 
 if __name__ == "__main__":

@@ -139,18 +139,23 @@ def make(out, seed=0):
             "--t5", str(sd3 / "text_encoder_3")] + CONVERT_OPTIONS
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Write tiny random models of the real DPIR classes.")
+def run(make_models, what, argv=None):
+    """The command line of a model maker: `OUT_DIR [--seed N]`, then the conversion command to run."""
+    ap = argparse.ArgumentParser(description=f"Write {what} of the real DPIR classes.")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from .worker import quiet
 
     quiet()
-    command = make(args.out, args.seed)
-    print("wrote tiny models to", args.out)
+    command = make_models(args.out, args.seed)
+    print(f"wrote {what} to", args.out)
     print("convert with: python -m dpir_export " + " ".join(repr(a) if " " in a else a for a in command)
           + " --dtype fp32 --out BUNDLE")
+
+
+def main(argv=None):
+    run(make, "tiny random models", argv)
 
 
 if __name__ == "__main__":
