@@ -169,6 +169,10 @@ pub struct Stats {
     pub in_session: Duration,
     /// Graph runs made.
     pub model_calls: usize,
+    /// Time inside transformer runs, the part that grows with the step count.
+    pub in_transformer: Duration,
+    /// Transformer runs made (one per step and tile batch; guidance doubles the batch, not the runs).
+    pub transformer_runs: usize,
     /// Sampling tiles rendered.
     pub tiles: usize,
 }
@@ -282,6 +286,7 @@ pub(crate) struct Call<'a> {
     options: &'a RestoreOptions,
     timer: SessionTimer,
     calls: std::cell::Cell<usize>,
+    transformer: std::cell::Cell<(Duration, usize)>,
     tiles: std::cell::Cell<usize>,
 }
 
@@ -393,8 +398,7 @@ impl Restorer {
         let (width, height) = self.output_size(frame_in.0, frame_in.1, settings.scale)?;
         let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
         let mut sink = ImageSink::new(width, height, image.alpha().is_some());
-        let call =
-            Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let call = Call::new(options);
         let frame = tiled::Frame { source: &source, context: None, rect: Rect::new(0, 0, width, height) };
         let text = self.text_block(options, &call)?;
         tiled::render(self, &frame, &settings, &text, &mut sink, &call)?;
@@ -472,8 +476,7 @@ impl Restorer {
                 (None, true) => None,
                 (None, false) => Some(self.context_source(SourceData::Pixels(region.source), settings.scale)?),
             };
-        let call =
-            Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() };
+        let call = Call::new(options);
         let frame = tiled::Frame { source: &source, context: context.as_ref(), rect };
         // Rows are finished tile by tile; they land in a scratch copy so that an error or a cancel leaves the
         // caller's buffer as it was.
@@ -690,6 +693,7 @@ impl Restorer {
             lq_in = concatenate![Axis(0), lq_in, z_lq];
         }
         let timestep = Array1::from_elem(z_in.dim().0, sigma * 1000.0);
+        let before = call.timer.total();
         let out = self.graph(Role::Transformer).run(
             &[
                 ("hidden_states", z_in.view().into_dyn()),
@@ -701,6 +705,8 @@ impl Restorer {
             &["velocity"],
             call.counted(),
         )?;
+        let (time, runs) = call.transformer.get();
+        call.transformer.set((time + (call.timer.total() - before), runs + 1));
         let v: Array4<f32> =
             out.into_iter().next().expect("one output").into_dimensionality().map_err(|_| bad_rank("velocity"))?;
         if !guided {
@@ -713,9 +719,19 @@ impl Restorer {
 }
 
 impl<'a> Call<'a> {
+    fn new(options: &'a RestoreOptions) -> Call<'a> {
+        Call {
+            options,
+            timer: SessionTimer::default(),
+            calls: Default::default(),
+            transformer: Default::default(),
+            tiles: Default::default(),
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn for_tests(options: &'a RestoreOptions) -> Call<'a> {
-        Call { options, timer: SessionTimer::default(), calls: Default::default(), tiles: Default::default() }
+        Call::new(options)
     }
 
     fn stats(&self, started: Instant) -> Stats {
@@ -723,6 +739,8 @@ impl<'a> Call<'a> {
             total: started.elapsed(),
             in_session: self.timer.total(),
             model_calls: self.calls.get(),
+            in_transformer: self.transformer.get().0,
+            transformer_runs: self.transformer.get().1,
             tiles: self.tiles.get(),
         }
     }

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Fetch the pinned ONNX Runtime C library from its PyPI wheel, check it, and unpack it.
 
-The wheel is downloaded with pip (the only network this project relies on), its sha256 is
-checked against the pin below, and only `onnxruntime/capi/lib*.so*` is extracted into
-`build/onnxruntime/lib/`, with the `libonnxruntime.so.1` and `libonnxruntime.so` links that
-the runtime looks for. A truncated library crashes the dynamic loader, so nothing is
-extracted from a wheel whose hash does not match.
+    python3 tools/fetch_onnxruntime.py [--gpu] [--wheel FILE]
+
+The wheel is downloaded with pip (the only network this project relies on), or taken from
+--wheel on a machine without network; its sha256 is checked against the pin below, and only
+`onnxruntime/capi/lib*.so*` is extracted into `build/onnxruntime/lib/`, with the
+`libonnxruntime.so.1` and `libonnxruntime.so` links that the runtime looks for. A truncated
+library crashes the dynamic loader, so nothing is extracted from a wheel whose hash does not
+match. --gpu takes the `onnxruntime-gpu` wheel instead (the same library plus the CUDA and
+TensorRT providers, for CUDA 13 and cuDNN 9) into `build/onnxruntime-gpu/lib/`.
 """
+import argparse
 import hashlib
 import os
 import subprocess
@@ -16,11 +21,16 @@ import zipfile
 from pathlib import Path
 
 VERSION = "1.31.1"
-WHEEL = f"onnxruntime-{VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl"
-SHA256 = "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"
+# package -> (wheel, its Python version, sha256); the C libraries inside do not depend on the Python version.
+WHEELS = {
+    "onnxruntime": (f"onnxruntime-{VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl", "3.11",
+                    "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"),
+    "onnxruntime-gpu": (f"onnxruntime_gpu-{VERSION}-cp312-cp312-manylinux_2_28_x86_64.whl", "3.12",
+                        "05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7"),
+}
 
 ROOT = Path(__file__).resolve().parent.parent
-DEST = Path(os.environ.get("DPIR_BUILD_DIR", ROOT / "build")) / "onnxruntime" / "lib"
+BUILD = Path(os.environ.get("DPIR_BUILD_DIR", ROOT / "build"))
 
 
 def sha256(path: Path) -> str:
@@ -32,41 +42,49 @@ def sha256(path: Path) -> str:
 
 
 def main() -> int:
-    library = DEST / f"libonnxruntime.so.{VERSION}"
-    marker = DEST / ".complete"
-    if library.exists() and marker.exists() and marker.read_text().strip() == SHA256:
-        print(f"ONNX Runtime {VERSION} already in {DEST}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the onnxruntime-gpu wheel (CUDA and TensorRT providers)")
+    parser.add_argument("--wheel", type=Path, help="use this wheel file instead of downloading it")
+    args = parser.parse_args()
+    package = "onnxruntime-gpu" if args.gpu else "onnxruntime"
+    wheel_name, python, pin = WHEELS[package]
+    dest = BUILD / package / "lib"
+    library = dest / f"libonnxruntime.so.{VERSION}"
+    marker = dest / ".complete"
+    if library.exists() and marker.exists() and marker.read_text().strip() == pin:
+        print(f"{package} {VERSION} already in {dest}")
         return 0
-    cache = DEST.parent / "wheel"
+    cache = dest.parent / "wheel"
     cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / WHEEL
-    if not wheel.exists() or sha256(wheel) != SHA256:
-        print(f"downloading {WHEEL} from PyPI ...", flush=True)
+    wheel = args.wheel or cache / wheel_name
+    if not args.wheel and (not wheel.exists() or sha256(wheel) != pin):
+        print(f"downloading {wheel_name} from PyPI ...", flush=True)
+        abi = "cp" + python.replace(".", "")
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-             "--platform", "manylinux_2_28_x86_64", "--dest", str(cache), f"onnxruntime=={VERSION}"],
+             "--python-version", python, "--implementation", "cp", "--abi", abi,
+             "--platform", "manylinux_2_28_x86_64", "--dest", str(cache), f"{package}=={VERSION}"],
             check=True,
         )
     found = sha256(wheel)
-    if found != SHA256:
-        print(f"error: {wheel} has sha256 {found}, expected {SHA256}; refusing to unpack it", file=sys.stderr)
+    if found != pin:
+        print(f"error: {wheel} has sha256 {found}, expected {pin}; refusing to unpack it", file=sys.stderr)
         return 1
-    DEST.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory(dir=DEST) as scratch:
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory(dir=dest) as scratch:
         for member in archive.namelist():
             name = member.rsplit("/", 1)[-1]
             if member.startswith("onnxruntime/capi/lib") and ".so" in name:
                 # Extract beside the destination, then rename: a reader never sees half a library.
                 staged = Path(archive.extract(member, scratch))
-                os.replace(staged, DEST / name)
+                os.replace(staged, dest / name)
     for link in ("libonnxruntime.so.1", "libonnxruntime.so"):
-        target = DEST / link
+        target = dest / link
         if target.is_symlink() or target.exists():
             target.unlink()
         target.symlink_to(library.name)
-    marker.write_text(SHA256 + "\n")
-    print(f"ONNX Runtime {VERSION} unpacked into {DEST}")
+    marker.write_text(pin + "\n")
+    print(f"{package} {VERSION} unpacked into {dest}")
     return 0
 
 

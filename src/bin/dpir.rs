@@ -199,9 +199,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let (layout, pixels) = imagefile::read(&input)?;
             let auto = model.ep == ExecutionProvider::Auto;
+            let started = Instant::now();
             let restorer = load(model)?;
-            if auto && !quiet {
-                eprintln!("execution provider: {} (chosen by auto)", restorer.execution_provider());
+            if !quiet {
+                let chosen = if auto { " (chosen by auto)" } else { "" };
+                eprintln!(
+                    "loaded {} in {:.2} s on {}{chosen}",
+                    restorer.bundle_dir().display(),
+                    started.elapsed().as_secs_f64(),
+                    restorer.execution_provider()
+                );
             }
             let noise = match noise {
                 Some(path) => Some(
@@ -297,8 +304,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 restorer.execution_provider()
             );
             println!(
-                "{:>6} {:>8} {:>6} {:>9} {:>12} {:>9} {:>14} {:>6}",
-                "size", "tiling", "tiles", "total s", "in-session s", "overhead", "non-model MB/s", "calls"
+                "{:>6} {:>8} {:>6} {:>9} {:>12} {:>9} {:>14} {:>6} {:>10}",
+                "size", "tiling", "tiles", "total s", "in-session s", "overhead", "non-model MB/s", "calls", "ms/step"
             );
             for size in sizes {
                 let image = synthetic(size);
@@ -318,8 +325,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     let (total, inside) = (s.total.as_secs_f64(), s.in_session.as_secs_f64());
                     // Megabytes of float RGB output per second of work outside the model.
                     let throughput = (size * size * 3 * 4) as f64 / 1e6 / (total - inside);
+                    // Milliseconds per transformer run: one denoising step of one tile batch.
+                    let per_step = s.in_transformer.as_secs_f64() * 1e3 / s.transformer_runs.max(1) as f64;
                     println!(
-                        "{size:>6} {name:>8} {:>6} {total:>9.3} {inside:>12.3} {:>8.2}% {throughput:>14.0} {:>6}",
+                        "{size:>6} {name:>8} {:>6} {total:>9.3} {inside:>12.3} {:>8.2}% {throughput:>14.0} {:>6} \
+                         {per_step:>10.1}",
                         s.tiles,
                         (total / inside - 1.0) * 100.0,
                         s.model_calls

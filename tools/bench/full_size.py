@@ -5,10 +5,11 @@
 
 1. makes the random models (`python -m dpir_export.full_size`) and converts them with the converter into
    build/full/bundle-DTYPE (skipped when the bundle exists or with --skip-convert);
-2. times the Rust runtime (`dpir bench`: load time, a SIZExSIZE restore, time inside ONNX Runtime) and records its
-   peak resident memory;
-3. times the same restore through the Python reference pipeline (numpy + onnxruntime) on the same bundle;
-4. prints the weights' bytes on disk, both runs, and the ratio.
+2. restores a SIZExSIZE picture with the Rust CLI in a fresh process (load time, restore time, time inside ONNX
+   Runtime, peak resident memory) and compares the result with the fp32 bundle's, when that was measured before;
+3. restores the same picture from the same starting noise through the Python reference pipeline (numpy +
+   onnxruntime) on the same bundle, and compares the two (bf16 bundles: skipped, numpy has no bfloat16);
+4. prints the weights' bytes on disk, both runs, the differences and the ratio of the times.
 
 Needs tools/setup.sh, tools/setup-tests.sh (build/venv) and tools/export/setup.sh (build/export-venv). The fp32
 conversion writes about 10 GB and peaks near 20 GiB of memory: run it alone on a 24 GiB machine.
@@ -21,6 +22,8 @@ import tempfile
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "full"
@@ -58,30 +61,47 @@ def main():
                         "--clip-b32", m / "clip-vit-base-patch32", "--clip-bigg", m / "clip-global-standin",
                         "--name", "dpir-full-size-random", "--dtype", args.dtype, "--out", bundle], check=True)
     weights = sum(f.stat().st_size for f in bundle.iterdir() if f.suffix in (".onnx", ".data"))
-
-    wall, out, rss = run_measured([ROOT / "target" / "release" / "dpir", "bench", "--model", bundle,
-                                   "--size", str(args.size), "--steps", str(args.steps), "--runs", "1"])
-    load = float(re.search(r"loaded in ([0-9.]+) s", out).group(1))
-    row = re.search(rf"^\s*{args.size}\s+single\s+\d+\s+([0-9.]+)\s+([0-9.]+)", out, re.M)
-    total, inside = float(row.group(1)), float(row.group(2))
-
-    image = WORK / f"input-{args.size}.npy"
-    import numpy as np
-    y, x = np.mgrid[0:args.size, 0:args.size] / args.size
-    np.save(image, np.stack([x, y, 0.5 + 0.4 * np.sin(9 * x * y)], -1).astype(np.float32))
-    env = dict(os.environ, DPIR_REF_THREADS=str(os.cpu_count()))
-    ref_wall, ref_out, ref_rss = run_measured([sys.executable, ROOT / "tools" / "reference" / "dpir_reference.py",
-                                              "--bundle", bundle, "--input", image, "--output", WORK / "ref.npy",
-                                              "--steps", str(args.steps)], env=env)
-    ref_restore = float(re.search(r"in ([0-9.]+) s:", ref_out).group(1))
-
     gib = 1024 ** 3
     print(f"bundle {bundle.name}: {weights / gib:.2f} GiB of graphs and weights on disk")
+
+    image = WORK / f"input-{args.size}.npy"
+    y, x = np.mgrid[0:args.size, 0:args.size] / args.size
+    np.save(image, np.stack([x, y, 0.5 + 0.4 * np.sin(9 * x * y)], -1).astype(np.float32))
+    steps = ["--steps", str(args.steps)]
+
+    # One restore in a fresh process, as a user runs the CLI: load, first restore, exit.
+    rust_out, noise = WORK / f"rust-{args.dtype}-{args.size}.npy", WORK / f"noise-{args.size}.npy"
+    _, out, rss = run_measured([ROOT / "target" / "release" / "dpir", "restore", image, rust_out, "--model", bundle,
+                                "--save-noise", noise, *steps])
+    load = float(re.search(r"loaded .* in ([0-9.]+) s", out).group(1))
+    total, inside = (float(v) for v in re.search(r"in ([0-9.]+) s \(([0-9.]+) s in \d+ model calls", out).groups())
     print(f"Rust: load {load:.1f} s; {args.size}x{args.size}, {args.steps} steps: {total:.1f} s "
           f"({inside:.1f} s in ONNX Runtime, overhead {100 * (total / inside - 1):.1f}%); peak RSS "
           + f"{rss / gib:.2f} GiB = {rss / weights:.2f} x weights")
-    print(f"Python reference: restore {ref_restore:.1f} s (process {ref_wall:.1f} s); peak RSS {ref_rss / gib:.2f} GiB")
+    rust = np.load(rust_out)
+    fp32 = WORK / f"rust-fp32-{args.size}.npy"
+    if args.dtype != "fp32" and fp32.exists():
+        print(f"vs the fp32 bundle's restore: {differences(rust, np.load(fp32))}")
+
+    if args.dtype == "bf16":
+        print("Python reference: skipped (numpy cannot feed bfloat16 graphs)")
+        return
+    env = dict(os.environ, DPIR_REF_THREADS=str(os.cpu_count()))
+    ref_out = WORK / f"reference-{args.dtype}-{args.size}.npy"
+    _, ref_log, ref_rss = run_measured([sys.executable, ROOT / "tools" / "reference" / "dpir_reference.py",
+                                        "--bundle", bundle, "--input", image, "--output", ref_out, "--noise", noise,
+                                        *steps], env=env)
+    ref_restore = float(re.search(r"in ([0-9.]+) s:", ref_log).group(1))
+    print(f"Python reference: restore {ref_restore:.1f} s; peak RSS {ref_rss / gib:.2f} GiB; "
+          f"vs Rust: {differences(np.load(ref_out), rust)}")
     print(f"ratio Python / Rust restore: {ref_restore / total:.2f}")
+
+
+def differences(a, b):
+    """Max and mean absolute difference of two images in [0, 1], and the PSNR of one against the other."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    psnr = 10 * np.log10(1.0 / max(float((d ** 2).mean()), 1e-20))
+    return f"max abs {d.max():.2e}, mean abs {d.mean():.2e}, PSNR {psnr:.1f} dB"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""GPU benchmark: the Rust runtime on ONNX Runtime's CUDA provider with an fp16 bundle, against a PyTorch reference
+pipeline in the official precision (transformer and CLIP in bf16, VAE in fp32) on the same full-size random weights.
+
+    build/export-venv/bin/python tools/bench/gpu.py [--size 1024] [--steps 28] [--runs 3] [--bundle DIR]
+        [--models DIR] [--onnxruntime-gpu DIR] [--json FILE]
+
+Before it: tools/setup.sh (target/release/dpir), tools/export/setup.sh (a CUDA 13 PyTorch with the converter's
+packages; any Python with those will do) and `python3 tools/fetch_onnxruntime.py --gpu` (the onnxruntime-gpu
+library and its CUDA provider in build/onnxruntime-gpu/lib; --wheel FILE where there is no network).
+
+1. CUDA: the provider needs CUDA 13's cuBLAS, cuRAND and runtime and cuDNN 9. They are looked up among the NVIDIA
+   packages on this Python's path (nvidia/*/lib: PyTorch's own, or e.g. `pip install nvidia-curand`) and put on
+   the runtime's LD_LIBRARY_PATH; a missing one is named with the package that has it.
+2. The bundle: --bundle, else build/full/bundle-fp16, converted (checks off) from --models (default build/full/models,
+   made by `python -m dpir_export.full_size` when missing).
+3. Rust: `dpir bench --ep cuda`: load time, the best of --runs warm SIZExSIZE restores, the time per transformer run.
+4. PyTorch: the converter's reference pipeline (dpir_export.reference, written from tools/reference/PROCEDURE.md) on
+   the PyTorch modules, the same number of warm runs, transformer runs timed between CUDA synchronisations. Its
+   pre- and post-processing (resampling, wavelet colour fix) is numpy on the CPU, as in the converter's checks.
+5. One restore of the same picture from the same starting noise through both, compared.
+
+--device cpu --ep cpu runs the same steps without a GPU (on tiny models), to check the script itself.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "build" / "full"
+sys.path.insert(0, str(ROOT / "tools" / "export"))
+
+# What libonnxruntime_providers_cuda.so loads, and the PyPI package that carries each for CUDA 13.
+CUDA_LIBRARIES = {"libcudart.so.13": "nvidia-cuda-runtime", "libcublas.so.13": "nvidia-cublas",
+                  "libcublasLt.so.13": "nvidia-cublas", "libcurand.so.10": "nvidia-curand",
+                  "libcudnn.so.9": "nvidia-cudnn-cu13"}
+GLOBAL_CLIP_FOLDERS = ("clip-global-standin", "CLIP-ViT-bigG-14-laion2B-39B-b160k")
+
+
+def cuda_library_path():
+    """The folders holding CUDA_LIBRARIES among the NVIDIA packages on this Python's path (PyTorch's own, or
+    installed beside it), or exit naming what is missing."""
+    roots = [Path(p) / "nvidia" for p in sys.path if (Path(p) / "nvidia").is_dir()]
+    folders, missing = [], []
+    for library, package in CUDA_LIBRARIES.items():
+        found = [f for root in roots for f in sorted(root.glob(f"*/lib/{library}"))]
+        if not found:
+            missing.append(f"{library} (pip install {package} for CUDA 13)")
+        elif str(found[0].parent) not in folders:
+            folders.append(str(found[0].parent))
+    if missing:
+        sys.exit(f"error: not found in {', '.join(map(str, roots)) or 'no nvidia folder on sys.path'}: "
+                 + ", ".join(missing))
+    return folders
+
+
+def convert(models, bundle):
+    """Full-size random models (if missing) and their fp16 bundle, with the converter's checks off."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tools" / "export"))
+    if not (models / "dpir").exists():
+        subprocess.run([sys.executable, "-m", "dpir_export.full_size", models], env=env, check=True)
+    clip_global = next(models / f for f in GLOBAL_CLIP_FOLDERS if (models / f).exists())
+    subprocess.run([sys.executable, "-m", "dpir_export", "--sd3", models / "stable-diffusion-3-medium-diffusers",
+                    "--dpir-transformer", models / "dpir" / "consolidated.00-of-01.pth", "--vae-encoder",
+                    models / "dr-vae", "--clip-b32", models / "clip-vit-base-patch32", "--clip-bigg", clip_global,
+                    "--name", "dpir-full-size-random", "--dtype", "fp16", "--no-verify", "--out", bundle],
+                   env=env, check=True)
+
+
+def rust(args, bundle, env, image, noise):
+    """dpir bench (timings), then one restore of `image` saving its starting noise; returns (figures, output)."""
+    dpir = [ROOT / "target" / "release" / "dpir"]
+    model = ["--model", bundle, "--ep", args.ep, "--ort-lib", args.onnxruntime_gpu / "libonnxruntime.so.1.31.1"]
+    steps = ["--steps", str(args.steps)]
+    bench = subprocess.run(dpir + ["bench", *model, *steps, "--size", str(args.size), "--runs", str(args.runs)],
+                           env=env, capture_output=True, text=True)
+    if bench.returncode != 0:
+        sys.exit(f"dpir bench failed:\n{bench.stdout}{bench.stderr}")
+    print(bench.stdout, end="")
+    load = float(re.search(r"loaded in ([0-9.]+) s", bench.stdout).group(1))
+    row = re.search(rf"^\s*{args.size}\s+single\s+\d+\s+([0-9.]+)\s+([0-9.]+)\s.*\s([0-9.]+)$", bench.stdout, re.M)
+    total, inside, per_step = (float(v) for v in row.groups())
+    output = WORK / f"gpu-rust-{args.size}.npy"
+    subprocess.run(dpir + ["restore", image, output, *model, *steps, "--prompt", "zeros", "--save-noise", noise,
+                           "--quiet"], env=env, check=True)
+    figures = {"load_s": load, "restore_s": total, "in_session_s": inside, "transformer_run_ms": per_step,
+               "images_per_s": 1.0 / total}
+    return figures, np.load(output)
+
+
+class TimedModels:
+    """The reference pipeline's graph calls on PyTorch modules on `device`, transformer runs timed."""
+
+    def __init__(self, modules, device):
+        self.modules, self.device = modules, device
+        self.transformer_seconds, self.transformer_runs = 0.0, 0
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, name, *inputs):
+        import torch
+
+        tensors = [torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device) for x in inputs]
+        self.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.modules[name](*tensors)
+        self.synchronize()
+        if name == "transformer":
+            self.transformer_seconds += time.perf_counter() - start
+            self.transformer_runs += 1
+        if isinstance(out, tuple):
+            return tuple(o.float().cpu().numpy() for o in out)
+        return out.float().cpu().numpy()
+
+
+def pytorch(args, models_dir, manifest, image, noise):
+    """The reference pipeline in bf16 (transformer, CLIP) and fp32 (VAE); returns (figures, output)."""
+    import torch
+    from dpir_export import graphs, reference
+
+    device = torch.device(args.device)
+    clip_global = next(models_dir / f for f in GLOBAL_CLIP_FOLDERS if (models_dir / f).exists())
+    job = {"args": {"sd3": models_dir / "stable-diffusion-3-medium-diffusers", "vae_encoder": models_dir / "dr-vae",
+                    "clip_b32": models_dir / "clip-vit-base-patch32", "clip_bigg": clip_global,
+                    "dpir_transformer": models_dir / "dpir" / "consolidated.00-of-01.pth"}}
+    modules = {}
+    for name in ("vae_encoder", "vae_decoder", "clip_local", "clip_global", "transformer"):
+        dtype = torch.float32 if name.startswith("vae") else torch.bfloat16
+        modules[name] = graphs.load_module(name, job, log=lambda *_: None).to(device, dtype).eval()
+    models = TimedModels(modules, device)
+    text = np.zeros((manifest["text"]["tokens"], manifest["text"]["width"]), np.float32)
+
+    def restore():
+        return reference.restore(models, manifest, image, noise, text, steps=args.steps)
+
+    restore()  # warm-up: kernels chosen, memory pools grown
+    best = None
+    for _ in range(max(args.runs, 1)):
+        models.transformer_seconds, models.transformer_runs = 0.0, 0
+        start = time.perf_counter()
+        output = restore()
+        seconds = time.perf_counter() - start
+        if best is None or seconds < best[0]:
+            best = (seconds, models.transformer_seconds, models.transformer_runs)
+    seconds, in_transformer, runs = best
+    figures = {"restore_s": seconds, "in_transformer_s": in_transformer,
+               "transformer_run_ms": 1e3 * in_transformer / max(runs, 1), "images_per_s": 1.0 / seconds}
+    return figures, output
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up; the best counts")
+    ap.add_argument("--bundle", type=Path, help="an fp16 bundle of the models (default: converted into build/full)")
+    ap.add_argument("--models", type=Path, default=WORK / "models", help="the PyTorch models (full_size layout)")
+    ap.add_argument("--onnxruntime-gpu", type=Path, default=ROOT / "build" / "onnxruntime-gpu" / "lib")
+    ap.add_argument("--device", default="cuda", help="PyTorch device")
+    ap.add_argument("--ep", default="cuda", help="the runtime's execution provider")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: PyTorch sees no CUDA device (use --device cpu --ep cpu to check the script without one)")
+    if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
+        sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run `python3 tools/fetch_onnxruntime.py --gpu`")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    bundle = args.bundle or WORK / "bundle-fp16"
+    if not (bundle / "dpir.json").exists():
+        convert(args.models, bundle)
+    manifest = json.loads((bundle / "dpir.json").read_text())
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+
+    from dpir_export.reference import test_image
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    picture, noise = WORK / f"gpu-input-{args.size}.npy", WORK / f"gpu-noise-{args.size}.npy"
+    np.save(picture, test_image(args.size, args.size))
+    rust_figures, rust_output = rust(args, bundle, env, picture, noise)
+    torch_figures, torch_output = pytorch(args, args.models, manifest, np.load(picture), np.load(noise))
+    diff = np.abs(rust_output.astype(np.float64) - torch_output)
+    report = {"device": card, "size": args.size, "steps": args.steps, "bundle": str(bundle),
+              "rust_fp16": rust_figures, "pytorch_bf16": torch_figures,
+              "difference": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}}
+    print(f"{card}, {args.size}x{args.size}, {args.steps} steps, best of {args.runs} warm runs")
+    print(f"  Rust, fp16 bundle on {args.ep}: {rust_figures['images_per_s']:.3f} images/s "
+          f"({rust_figures['restore_s']:.2f} s, {rust_figures['transformer_run_ms']:.1f} ms per transformer run; "
+          f"load {rust_figures['load_s']:.1f} s)")
+    print(f"  PyTorch reference, bf16: {torch_figures['images_per_s']:.3f} images/s "
+          f"({torch_figures['restore_s']:.2f} s, {torch_figures['transformer_run_ms']:.1f} ms per transformer run)")
+    print(f"  Rust fp16 vs PyTorch bf16, same noise: max abs {diff.max():.2e}, mean abs {diff.mean():.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
