@@ -142,3 +142,11 @@ DPIR_EXPORT_EXTERNAL_BYTES=100000 $xpy -m dpir_export "${sources[@]}" --dtype fp
 test -f "$xdir/tiny-fp16/transformer.onnx.data"
 echo "== converter: bf16 bundle (bfloat16 weights and boundaries, float32 arithmetic)"
 $xpy -m dpir_export "${sources[@]}" --dtype bf16 --out "$xdir/tiny-bf16"
+echo "== converter: fp16 bundle at opset 23 (attention as the standard Attention op), checks and a restore"
+$xpy -m dpir_export "${sources[@]}" --dtype fp16 --opset 23 --out "$xdir/tiny-fp16-opset23"
+$xpy - "$xdir/tiny-fp16-opset23/transformer.onnx" <<'PY'
+import sys, onnx
+ops = [n.op_type for n in onnx.load(sys.argv[1], load_external_data=False).graph.node]
+assert ops.count("Attention") == 3, f"expected one Attention op per joint block, found {ops.count('Attention')}"
+print("transformer.onnx at opset 23: one Attention op per joint block")
+PY

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Real-scale benchmark: a bundle with the real SD3-medium / DPIR shapes and random weights, measured on CPU.
 
-    build/venv/bin/python tools/bench/full_size.py [--dtype fp32] [--size 512] [--steps 4] [--skip-convert]
+    build/venv/bin/python tools/bench/full_size.py [--dtype fp32] [--opset 18] [--size 512] [--steps 4]
+        [--skip-convert]
 
 1. makes the random models (`python -m dpir_export.full_size`) and converts them with the converter into
-   build/full/bundle-DTYPE (skipped when the bundle exists or with --skip-convert);
+   build/full/bundle-DTYPE[-opset23] (skipped when the bundle exists or with --skip-convert);
 2. restores a SIZExSIZE picture with the Rust CLI in a fresh process (load time, restore time, time inside ONNX
    Runtime, peak resident memory) and compares the result with the fp32 bundle's, when that was measured before;
 3. restores the same picture from the same starting noise through the Python reference pipeline (numpy +
@@ -48,9 +49,11 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--opset", type=int, default=18, choices=[18, 23], help="the converter's --opset")
     ap.add_argument("--skip-convert", action="store_true")
     args = ap.parse_args()
-    bundle = WORK / f"bundle-{args.dtype}"
+    name = args.dtype + ("" if args.opset == 18 else f"-opset{args.opset}")
+    bundle = WORK / f"bundle-{name}"
     export_py = ROOT / "build" / "export-venv" / "bin" / "python"
     if not (bundle / "dpir.json").exists() and not args.skip_convert:
         if not (WORK / "models" / "dpir").exists():
@@ -59,7 +62,8 @@ def main():
         subprocess.run([export_py, "-m", "dpir_export", "--sd3", m / "stable-diffusion-3-medium-diffusers",
                         "--dpir-transformer", m / "dpir" / "consolidated.00-of-01.pth", "--vae-encoder", m / "dr-vae",
                         "--clip-b32", m / "clip-vit-base-patch32", "--clip-bigg", m / "clip-global-standin",
-                        "--name", "dpir-full-size-random", "--dtype", args.dtype, "--out", bundle], check=True)
+                        "--name", "dpir-full-size-random", "--dtype", args.dtype, "--opset", str(args.opset),
+                        "--out", bundle], check=True)
     weights = sum(f.stat().st_size for f in bundle.iterdir() if f.suffix in (".onnx", ".data"))
     gib = 1024 ** 3
     print(f"bundle {bundle.name}: {weights / gib:.2f} GiB of graphs and weights on disk")
@@ -70,7 +74,7 @@ def main():
     steps = ["--steps", str(args.steps)]
 
     # One restore in a fresh process, as a user runs the CLI: load, first restore, exit.
-    rust_out, noise = WORK / f"rust-{args.dtype}-{args.size}.npy", WORK / f"noise-{args.size}.npy"
+    rust_out, noise = WORK / f"rust-{name}-{args.size}.npy", WORK / f"noise-{args.size}.npy"
     _, out, rss = run_measured([ROOT / "target" / "release" / "dpir", "restore", image, rust_out, "--model", bundle,
                                 "--save-noise", noise, *steps])
     load = float(re.search(r"loaded .* in ([0-9.]+) s", out).group(1))
@@ -80,14 +84,14 @@ def main():
           + f"{rss / gib:.2f} GiB = {rss / weights:.2f} x weights")
     rust = np.load(rust_out)
     fp32 = WORK / f"rust-fp32-{args.size}.npy"
-    if args.dtype != "fp32" and fp32.exists():
+    if name != "fp32" and fp32.exists():
         print(f"vs the fp32 bundle's restore: {differences(rust, np.load(fp32))}")
 
     if args.dtype == "bf16":
         print("Python reference: skipped (numpy cannot feed bfloat16 graphs)")
         return
     env = dict(os.environ, DPIR_REF_THREADS=str(os.cpu_count()))
-    ref_out = WORK / f"reference-{args.dtype}-{args.size}.npy"
+    ref_out = WORK / f"reference-{name}-{args.size}.npy"
     _, ref_log, ref_rss = run_measured([sys.executable, ROOT / "tools" / "reference" / "dpir_reference.py",
                                         "--bundle", bundle, "--input", image, "--output", ref_out, "--noise", noise,
                                         *steps], env=env)

@@ -2,8 +2,8 @@
 """GPU benchmark: the Rust runtime on ONNX Runtime's CUDA provider with an fp16 bundle, against a PyTorch reference
 pipeline in the official precision (transformer and CLIP in bf16, VAE in fp32) on the same full-size random weights.
 
-    build/export-venv/bin/python tools/bench/gpu.py [--size 1024] [--steps 28] [--runs 3] [--bundle DIR]
-        [--models DIR] [--onnxruntime-gpu DIR] [--json FILE]
+    build/export-venv/bin/python tools/bench/gpu.py [--size 1024] [--steps 28] [--runs 3] [--opset 18 23]
+        [--bundle DIR] [--models DIR] [--onnxruntime-gpu DIR] [--json FILE]
 
 Before it: tools/setup.sh (target/release/dpir), tools/export/setup.sh (a CUDA 13 PyTorch with the converter's
 packages; any Python with those will do) and `python3 tools/fetch_onnxruntime.py --gpu` (the onnxruntime-gpu
@@ -12,13 +12,15 @@ library and its CUDA provider in build/onnxruntime-gpu/lib; --wheel FILE where t
 1. CUDA: the provider needs CUDA 13's cuBLAS, cuRAND and runtime and cuDNN 9. They are looked up among the NVIDIA
    packages on this Python's path (nvidia/*/lib: PyTorch's own, or e.g. `pip install nvidia-curand`) and put on
    the runtime's LD_LIBRARY_PATH; a missing one is named with the package that has it.
-2. The bundle: --bundle, else build/full/bundle-fp16, converted (checks off) from --models (default build/full/models,
-   made by `python -m dpir_export.full_size` when missing).
-3. Rust: `dpir bench --ep cuda`: load time, the best of --runs warm SIZExSIZE restores, the time per transformer run.
+2. The bundles: --bundle, else one per --opset (build/full/bundle-fp16 for 18, bundle-fp16-opset23 for 23, whose
+   attention is the standard Attention op that the CUDA provider fuses), converted with the checks off from
+   --models (default build/full/models, made by `python -m dpir_export.full_size` when missing).
+3. Rust, each bundle: `dpir bench --ep cuda`: load time, the best of --runs warm SIZExSIZE restores, the time per
+   transformer run.
 4. PyTorch: the converter's reference pipeline (dpir_export.reference, written from tools/reference/PROCEDURE.md) on
    the PyTorch modules, the same number of warm runs, transformer runs timed between CUDA synchronisations. Its
    pre- and post-processing (resampling, wavelet colour fix) is numpy on the CPU, as in the converter's checks.
-5. One restore of the same picture from the same starting noise through both, compared.
+5. One restore of the same picture from the same starting noise through each, compared with PyTorch's.
 
 --device cpu --ep cpu runs the same steps without a GPU (on tiny models), to check the script itself.
 """
@@ -61,7 +63,7 @@ def cuda_library_path():
     return folders
 
 
-def convert(models, bundle):
+def convert(models, bundle, opset):
     """Full-size random models (if missing) and their fp16 bundle, with the converter's checks off."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tools" / "export"))
     if not (models / "dpir").exists():
@@ -70,7 +72,8 @@ def convert(models, bundle):
     subprocess.run([sys.executable, "-m", "dpir_export", "--sd3", models / "stable-diffusion-3-medium-diffusers",
                     "--dpir-transformer", models / "dpir" / "consolidated.00-of-01.pth", "--vae-encoder",
                     models / "dr-vae", "--clip-b32", models / "clip-vit-base-patch32", "--clip-bigg", clip_global,
-                    "--name", "dpir-full-size-random", "--dtype", "fp16", "--no-verify", "--out", bundle],
+                    "--name", "dpir-full-size-random", "--dtype", "fp16", "--opset", str(opset), "--no-verify",
+                    "--out", bundle],
                    env=env, check=True)
 
 
@@ -87,7 +90,7 @@ def rust(args, bundle, env, image, noise):
     load = float(re.search(r"loaded in ([0-9.]+) s", bench.stdout).group(1))
     row = re.search(rf"^\s*{args.size}\s+single\s+\d+\s+([0-9.]+)\s+([0-9.]+)\s.*\s([0-9.]+)$", bench.stdout, re.M)
     total, inside, per_step = (float(v) for v in row.groups())
-    output = WORK / f"gpu-rust-{args.size}.npy"
+    output = WORK / f"gpu-rust-{bundle.name}-{args.size}.npy"
     subprocess.run(dpir + ["restore", image, output, *model, *steps, "--prompt", "zeros", "--save-noise", noise,
                            "--quiet"], env=env, check=True)
     figures = {"load_s": load, "restore_s": total, "in_session_s": inside, "transformer_run_ms": per_step,
@@ -165,7 +168,9 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up; the best counts")
-    ap.add_argument("--bundle", type=Path, help="an fp16 bundle of the models (default: converted into build/full)")
+    ap.add_argument("--opset", type=int, nargs="+", choices=[18, 23], default=[18, 23],
+                    help="convert and time a bundle of each of these opsets")
+    ap.add_argument("--bundle", type=Path, help="time this fp16 bundle of --models instead")
     ap.add_argument("--models", type=Path, default=WORK / "models", help="the PyTorch models (full_size layout)")
     ap.add_argument("--onnxruntime-gpu", type=Path, default=ROOT / "build" / "onnxruntime-gpu" / "lib")
     ap.add_argument("--device", default="cuda", help="PyTorch device")
@@ -181,10 +186,12 @@ def main():
         sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run `python3 tools/fetch_onnxruntime.py --gpu`")
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-    bundle = args.bundle or WORK / "bundle-fp16"
-    if not (bundle / "dpir.json").exists():
-        convert(args.models, bundle)
-    manifest = json.loads((bundle / "dpir.json").read_text())
+    bundles = [args.bundle] if args.bundle else [WORK / ("bundle-fp16" + ("" if o == 18 else f"-opset{o}"))
+                                                  for o in args.opset]
+    for bundle, opset in zip(bundles, args.opset):
+        if not (bundle / "dpir.json").exists():
+            convert(args.models, bundle, opset)
+    manifest = json.loads((bundles[0] / "dpir.json").read_text())
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
 
     from dpir_export.reference import test_image
@@ -192,19 +199,19 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     picture, noise = WORK / f"gpu-input-{args.size}.npy", WORK / f"gpu-noise-{args.size}.npy"
     np.save(picture, test_image(args.size, args.size))
-    rust_figures, rust_output = rust(args, bundle, env, picture, noise)
+    runs = {bundle.name: rust(args, bundle, env, picture, noise) for bundle in bundles}
     torch_figures, torch_output = pytorch(args, args.models, manifest, np.load(picture), np.load(noise))
-    diff = np.abs(rust_output.astype(np.float64) - torch_output)
-    report = {"device": card, "size": args.size, "steps": args.steps, "bundle": str(bundle),
-              "rust_fp16": rust_figures, "pytorch_bf16": torch_figures,
-              "difference": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}}
+    report = {"device": card, "size": args.size, "steps": args.steps, "pytorch_bf16": torch_figures}
     print(f"{card}, {args.size}x{args.size}, {args.steps} steps, best of {args.runs} warm runs")
-    print(f"  Rust, fp16 bundle on {args.ep}: {rust_figures['images_per_s']:.3f} images/s "
-          f"({rust_figures['restore_s']:.2f} s, {rust_figures['transformer_run_ms']:.1f} ms per transformer run; "
-          f"load {rust_figures['load_s']:.1f} s)")
+    for name, (figures, output) in runs.items():
+        diff = np.abs(output.astype(np.float64) - torch_output)
+        figures["vs_pytorch"] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+        report[f"rust_{name}"] = figures
+        print(f"  Rust, {name} on {args.ep}: {figures['images_per_s']:.3f} images/s ({figures['restore_s']:.2f} s, "
+              f"{figures['transformer_run_ms']:.1f} ms per transformer run; load {figures['load_s']:.1f} s); "
+              f"vs PyTorch, same noise: max abs {diff.max():.2e}, mean abs {diff.mean():.2e}")
     print(f"  PyTorch reference, bf16: {torch_figures['images_per_s']:.3f} images/s "
           f"({torch_figures['restore_s']:.2f} s, {torch_figures['transformer_run_ms']:.1f} ms per transformer run)")
-    print(f"  Rust fp16 vs PyTorch bf16, same noise: max abs {diff.max():.2e}, mean abs {diff.mean():.2e}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -55,6 +55,9 @@ def parse(argv):
                      help="also write t5.onnx + tokenizer.json, so that any caption can be encoded at run time")
     out.add_argument("--vae-compute", choices=["fp32", "dtype"], default="fp32",
                      help="the VAE computes in float32 inside (official default) or in --dtype")
+    out.add_argument("--opset", type=int, choices=[18, 23], default=18,
+                     help="ONNX opset: 23 writes attention as the standard Attention op, which ONNX Runtime's CUDA "
+                          "provider runs with fused (flash / memory-efficient) kernels")
     out.add_argument("--name", default="dpir-sd3-medium")
     out.add_argument("--description", default="")
     man = ap.add_argument_group("manifest numbers (defaults: the real model)")

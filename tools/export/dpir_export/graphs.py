@@ -21,7 +21,6 @@ import torch
 
 from . import models
 
-ONNX_OPSET = 18
 TWO_GB = 2 * 1024 ** 3
 
 
@@ -172,7 +171,8 @@ def export(name, job, out_dir, log=print):
     with torch.no_grad():
         program = torch.onnx.export(module, inputs, None, input_names=module.input_names,
                                     output_names=module.output_names, dynamic_shapes=dynamic_shapes(name, manifest),
-                                    dynamo=True, opset_version=ONNX_OPSET, verbose=False)
+                                    dynamo=True, opset_version=job["args"]["opset"],
+                                    verbose=False)
     if compute_dtypes(job["args"]["dtype"], job["args"]["vae_compute"])[3] and not name.startswith("vae"):
         _store_bf16(program.model, log)
     path = Path(out_dir) / f"{name}.onnx"
