@@ -102,9 +102,13 @@ fn joint_mode_batches_any_number_of_tiles_with_and_without_guidance() {
                 guidance: Some(guidance),
                 ..options(TileMode::Joint, 8, 2, 2)
             };
-            let out = oracle.restore(&input, &opts).unwrap();
-            let diff = max_abs_diff(out.rgb(), input.rgb());
+            let restored = oracle.restore_detailed(&input, &opts).unwrap();
+            let diff = max_abs_diff(restored.image.rgb(), input.rgb());
             assert!(diff <= 1e-3, "batch {batch}, guidance {guidance}: max diff {diff}");
+            // One transformer run per step and batch of tiles; guidance widens the batch, not the runs.
+            let stats = restored.stats;
+            assert_eq!(stats.transformer_runs, 2 * stats.tiles.div_ceil(batch), "batch {batch}: {stats:?}");
+            assert!(stats.in_transformer <= stats.in_session, "{stats:?}");
         }
     }
 }
