@@ -185,7 +185,8 @@ def main():
     if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
         sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run `python3 tools/fetch_onnxruntime.py --gpu`")
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    if args.ep != "cpu":
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     bundles = [args.bundle] if args.bundle else [WORK / ("bundle-fp16" + ("" if o == 18 else f"-opset{o}"))
                                                   for o in args.opset]
     for bundle, opset in zip(bundles, args.opset):
