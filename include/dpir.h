@@ -817,6 +817,17 @@ uint32_t dpir_abi_version(void);
 const char *dpir_status_string(int32_t status);
 
 /**
+ * The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
+ * (by default `~/.local/share/dpir/model`) when that folder exists. Host plug-ins call this so that every dpir
+ * program finds the same model.
+ *
+ * Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
+ * into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the
+ * caller can retry with length + 1 bytes. `path` may be NULL when `capacity` is 0. Thread-safe.
+ */
+size_t dpir_default_model_dir(char *path, size_t capacity);
+
+/**
  * The detailed message of the last failed dpir call on the calling thread, e.g. "source: invalid image: row
  * stride 11 is smaller than a row of 12 bytes"; "" when the last call succeeded.
  *

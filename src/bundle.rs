@@ -17,6 +17,18 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside a bundle directory.
 pub const MANIFEST_FILE: &str = "dpir.json";
 
+/// The bundle to use when none is named: `$DPIR_MODEL` when set (named explicitly, so it is used and any problem
+/// with it reported, never skipped), else the per-user location `$XDG_DATA_HOME/dpir/model` (by default
+/// `~/.local/share/dpir/model`) when that folder exists. The CLI and both host plug-ins look here.
+pub fn default_model_dir() -> Option<PathBuf> {
+    let set = |name| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("DPIR_MODEL") {
+        return Some(dir);
+    }
+    let data = set("XDG_DATA_HOME").filter(|dir| dir.is_absolute()).or_else(|| Some(set("HOME")?.join(".local/share")));
+    data.map(|data| data.join("dpir").join("model")).filter(|dir| dir.is_dir())
+}
+
 /// `dpir.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -32,7 +32,7 @@ mod schedule;
 mod source;
 mod tiled;
 
-pub use bundle::{ClipInput, ColorFix, Manifest};
+pub use bundle::{default_model_dir, ClipInput, ColorFix, Manifest};
 pub use error::{Error, ErrorKind, Result};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 pub use plan::Rect;

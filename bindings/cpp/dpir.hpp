@@ -59,6 +59,19 @@ inline void check(dpir_status status) {
 /** The library's version, "MAJOR.MINOR.PATCH". */
 inline std::string version() { return dpir_version(); }
 
+/** The bundle folder to use when none is named ($DPIR_MODEL, else ~/.local/share/dpir/model when it exists); empty
+ *  when there is none. */
+inline std::string default_model_dir() {
+    std::string path;
+    for (size_t length = dpir_default_model_dir(nullptr, 0); length > 0;) {
+        path.assign(length, '\0');
+        size_t now = dpir_default_model_dir(path.data(), length + 1);  // writes the NUL at path[length]
+        if (now == length) return path;
+        length = now;  // the environment changed in between
+    }
+    return {};
+}
+
 namespace detail {
 struct Free {
     void operator()(dpir_restorer *p) const noexcept { dpir_restorer_free(p); }

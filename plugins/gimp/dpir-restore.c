@@ -278,20 +278,15 @@ restore_run (GimpProcedure        *procedure,
 
 /*  The model  */
 
-static gchar *
-default_model_path (void)
-{
-  return g_build_filename (g_get_user_data_dir (), "dpir", "model", NULL);
-}
-
-/* The model folder: the argument, else $DPIR_MODEL, else the default location when it exists. */
+/* The model folder: the argument, else dpir's default ($DPIR_MODEL, else ~/.local/share/dpir/model when it
+ * exists), as for every dpir program. */
 static gchar *
 find_model (GimpProcedureConfig  *config,
             GError              **error)
 {
-  GFile       *file = NULL;
-  const gchar *env;
-  gchar       *path;
+  GFile  *file = NULL;
+  gchar  *path;
+  gsize   length;
 
   g_object_get (config, "model", &file, NULL);
   if (file != NULL)
@@ -304,18 +299,18 @@ find_model (GimpProcedureConfig  *config,
       return path;
     }
 
-  env = g_getenv (MODEL_ENV);
-  if (env != NULL && *env != '\0')
-    return g_strdup (env);
-
-  path = default_model_path ();
-  if (g_file_test (path, G_FILE_TEST_IS_DIR))
-    return path;
+  length = dpir_default_model_dir (NULL, 0);
+  if (length > 0)
+    {
+      path = g_malloc (length + 1);
+      if (dpir_default_model_dir (path, length + 1) == length)
+        return path;
+      g_free (path);
+    }
 
   g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
                "DPIR Restore: no model found. Choose a DPIR model folder (one holding dpir.json) in the dialog, "
-               "set " MODEL_ENV " to one, or put one at %s.", path);
-  g_free (path);
+               "set " MODEL_ENV " to one, or put one at ~/.local/share/dpir/model.");
   return NULL;
 }
 

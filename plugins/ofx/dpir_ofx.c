@@ -14,7 +14,7 @@
  * it must be kept; fetched once, then read-only) and the model cache (a mutex, documented below). Instances keep
  * their clip and parameter handles in their instance data.
  */
-#define _POSIX_C_SOURCE 200809L /* access, clock_gettime, strdup */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, strdup */
 
 #include <dpir.h>
 
@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "openfx.h"
 
@@ -327,26 +326,23 @@ static int get_choice(const struct suites *s, OfxParamHandle p, OfxTime t, int o
     return v >= 0 && v < options ? v : 0;
 }
 
-/* The model: the parameter, else $DPIR_MODEL, else the default location ~/.local/share/dpir/model
- * ($XDG_DATA_HOME/dpir/model) when it exists, as for the GIMP plug-in. Returns 0 with an error text when none is. */
+/* The model: the parameter, else dpir's default ($DPIR_MODEL, else ~/.local/share/dpir/model when it exists), as
+ * for the GIMP plug-in. Returns 0 with an error text when there is none. */
 static int find_model(const char *parameter, char *path, size_t size, char *error, size_t error_size) {
-    const char *model = parameter && parameter[0] ? parameter : getenv("DPIR_MODEL");
-    int written;
-    if (model && model[0]) {
-        written = snprintf(path, size, "%s", model);
+    size_t length;
+    if (parameter && parameter[0]) {
+        length = strlen(parameter);
+        if (length < size) memcpy(path, parameter, length + 1);
     } else {
-        const char *data = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
-        if (data && data[0]) written = snprintf(path, size, "%s/dpir/model", data);
-        else if (home && home[0]) written = snprintf(path, size, "%s/.local/share/dpir/model", home);
-        else written = snprintf(path, size, "%s", "");
-        if (written <= 0 || (size_t)written >= size || access(path, F_OK) != 0) {
+        length = dpir_default_model_dir(path, size);
+        if (length == 0) {
             snprintf(error, error_size,
                      PLUGIN_LABEL ": no model: set the \"model\" parameter or DPIR_MODEL to a dpir bundle directory, "
                                   "or put one in ~/.local/share/dpir/model");
             return 0;
         }
     }
-    if (written < 0 || (size_t)written >= size) {
+    if (length >= size) {
         snprintf(error, error_size, PLUGIN_LABEL ": the model path is too long");
         return 0;
     }

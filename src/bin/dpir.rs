@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Model bundle directory. Default: $DPIR_MODEL, else the built-in oracle test bundle.
+    /// Model bundle directory. Default: $DPIR_MODEL, else ~/.local/share/dpir/model, else the oracle test bundle.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Execution provider: cpu, cuda[:N], tensorrt[:N] or auto.
@@ -153,9 +153,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The bundle to use: the argument, $DPIR_MODEL, or the oracle test bundle (said out loud).
+/// The bundle to use: the argument, else [`dpir::default_model_dir`] ($DPIR_MODEL, ~/.local/share/dpir/model), else
+/// the oracle test bundle (said out loud).
 fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
-    if let Some(dir) = explicit.or_else(|| std::env::var_os("DPIR_MODEL").map(PathBuf::from)) {
+    if let Some(dir) = explicit.or_else(dpir::default_model_dir) {
         return dir;
     }
     let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/oracle");

@@ -21,7 +21,7 @@ mod restorer;
 use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
@@ -365,6 +365,29 @@ pub extern "C" fn dpir_status_string(status: i32) -> *const c_char {
     call_quietly(c"internal error".as_ptr(), || match dpir_status::try_from(status) {
         Ok(status) => status.text().as_ptr(),
         Err(_) => c"unknown status".as_ptr(),
+    })
+}
+
+/// The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
+/// (by default `~/.local/share/dpir/model`) when that folder exists. Host plug-ins call this so that every dpir
+/// program finds the same model.
+///
+/// Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
+/// into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the
+/// caller can retry with length + 1 bytes. `path` may be NULL when `capacity` is 0. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn dpir_default_model_dir(path: *mut c_char, capacity: usize) -> usize {
+    call_quietly(0, || {
+        let found = crate::default_model_dir().map(|dir| dir.into_os_string().into_vec()).unwrap_or_default();
+        if !path.is_null() && capacity > 0 {
+            let written = if found.len() < capacity { found.len() } else { 0 };
+            // SAFETY: the caller provides `capacity` writable bytes at `path`; at most written + 1 <= capacity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(found.as_ptr().cast::<c_char>(), path, written);
+                path.add(written).write(0);
+            }
+        }
+        found.len()
     })
 }
 

@@ -7,6 +7,8 @@
  * Built against the installed header and library; also built with AddressSanitizer. Prints one line per group
  * and ends with "N passed, 0 failed".
  */
+#define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
+
 #include <dpir.h>
 
 #include <math.h>
@@ -15,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int passed, failed;
 static int seen[DPIR_STATUS_INTERNAL + 1]; /* statuses observed, to prove each one is reachable */
@@ -116,6 +120,34 @@ static void test_versions_and_statuses(void) {
     CHECK(strcmp(dpir_status_string(-1), "unknown status") == 0);
     CHECK(dpir_last_error_message() != NULL);
     printf("versions and statuses: dpir %s, ABI %u\n", dpir_version(), dpir_abi_version());
+}
+
+static void test_default_model_dir(void) {
+    /* $DPIR_MODEL is taken as it is, whether or not it exists; the path is written only when it fits. */
+    char path[64];
+    setenv("DPIR_MODEL", "/no/such/model", 1);
+    CHECK(dpir_default_model_dir(NULL, 0) == strlen("/no/such/model"));
+    CHECK(dpir_default_model_dir(path, sizeof path) == strlen("/no/such/model"));
+    CHECK(strcmp(path, "/no/such/model") == 0);
+    memset(path, 'x', sizeof path);
+    CHECK(dpir_default_model_dir(path, 5) == strlen("/no/such/model") && path[0] == '\0' && path[5] == 'x');
+    /* Without it: $XDG_DATA_HOME/dpir/model, only when that folder exists. */
+    unsetenv("DPIR_MODEL");
+    char data[] = "/tmp/dpir-capi-XXXXXX", expected[96];
+    CHECK(mkdtemp(data) != NULL);
+    setenv("XDG_DATA_HOME", data, 1);
+    CHECK(dpir_default_model_dir(path, sizeof path) == 0 && path[0] == '\0');
+    snprintf(expected, sizeof expected, "%s/dpir", data);
+    CHECK(mkdir(expected, 0700) == 0);
+    snprintf(expected, sizeof expected, "%s/dpir/model", data);
+    CHECK(mkdir(expected, 0700) == 0);
+    CHECK(dpir_default_model_dir(path, sizeof path) == strlen(expected) && strcmp(path, expected) == 0);
+    rmdir(expected);
+    snprintf(expected, sizeof expected, "%s/dpir", data);
+    rmdir(expected);
+    rmdir(data);
+    unsetenv("XDG_DATA_HOME");
+    printf("default model folder: $DPIR_MODEL, else $XDG_DATA_HOME/dpir/model when it exists\n");
 }
 
 static void test_init_functions(void) {
@@ -807,6 +839,7 @@ int main(int argc, char **argv) {
     bundles = argv[1];
     scratch = argv[2];
     test_versions_and_statuses();
+    test_default_model_dir();
     test_init_functions();
     test_loading();
     dpir_restorer *oracle = load("oracle", 1);

@@ -42,6 +42,9 @@ int main(int argc, char **argv) {
     }
     const std::string bundles = argv[1], scratch = argv[2];
     CHECK(dpir::version() == dpir_version());
+    setenv("DPIR_MODEL", "/some/model", 1);
+    CHECK(dpir::default_model_dir() == "/some/model");
+    unsetenv("DPIR_MODEL");
     expect_error(DPIR_STATUS_BUNDLE, [&] { dpir::Restorer missing(scratch + "/no such bundle"); }, __LINE__);
     expect_error(DPIR_STATUS_IO, [&] { dpir::Image::read(scratch + "/missing.png"); }, __LINE__);
     expect_error(DPIR_STATUS_INVALID_IMAGE, [] { dpir::Image blank(4, 4, 2, DPIR_SAMPLE_TYPE_U8); }, __LINE__);
