@@ -823,7 +823,10 @@ const char *dpir_status_string(int32_t status);
  *
  * Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
  * into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the
- * caller can retry with length + 1 bytes. `path` may be NULL when `capacity` is 0. Thread-safe.
+ * caller can retry with length + 1 bytes. Thread-safe.
+ *
+ * # Safety
+ * `path` must be NULL or point to `capacity` writable bytes.
  */
 size_t dpir_default_model_dir(char *path, size_t capacity);
 

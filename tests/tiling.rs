@@ -115,8 +115,9 @@ fn joint_mode_batches_any_number_of_tiles_with_and_without_guidance() {
 
 #[test]
 fn independent_regions_equal_the_full_render() {
-    let cases: [(&str, f32, f32, (usize, usize), usize, usize); 3] = [
-        ("oracle", 1.0, 1e-3, (90, 130), 8, 2),
+    // (bundle, scale, tolerance, (height, width), tile, overlap)
+    let cases = [
+        ("oracle", 1.0f32, 1e-3f32, (90, 130), 8, 2),
         ("oracle", 1.5, 1e-3, (60, 70), 8, 4),
         ("tiny", 1.0, 1e-4, (150, 200), 8, 2),
     ];

@@ -374,7 +374,10 @@ pub extern "C" fn dpir_status_string(status: i32) -> *const c_char {
 ///
 /// Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
 /// into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the
-/// caller can retry with length + 1 bytes. `path` may be NULL when `capacity` is 0. Thread-safe.
+/// caller can retry with length + 1 bytes. Thread-safe.
+///
+/// # Safety
+/// `path` must be NULL or point to `capacity` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn dpir_default_model_dir(path: *mut c_char, capacity: usize) -> usize {
     call_quietly(0, || {
