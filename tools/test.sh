@@ -150,3 +150,13 @@ ops = [n.op_type for n in onnx.load(sys.argv[1], load_external_data=False).graph
 assert ops.count("Attention") == 3, f"expected one Attention op per joint block, found {ops.count('Attention')}"
 print("transformer.onnx at opset 23: one Attention op per joint block")
 PY
+echo "== GPU benchmark script (tools/bench/gpu.py), its CPU path on the tiny fp16 bundle (timings not checked)"
+$xpy tools/bench/gpu.py --device cpu --ep cpu --bundle "$xdir/tiny-fp16" --models "$m" --size 96 --steps 3 \
+    --runs 1 --onnxruntime-gpu build/onnxruntime/lib --json "$xdir/gpu.json"
+$xpy - "$xdir/gpu.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+diff = report["rust_tiny-fp16"]["vs_pytorch"]["max_abs"]
+assert diff < 0.05, f"Rust fp16 and PyTorch bf16 differ by {diff}"
+print(f"Rust fp16 vs PyTorch bf16 on the tiny models: max abs {diff:.2e} (< 0.05)")
+PY

@@ -22,7 +22,8 @@ library and its CUDA provider in build/onnxruntime-gpu/lib; --wheel FILE where t
    pre- and post-processing (resampling, wavelet colour fix) is numpy on the CPU, as in the converter's checks.
 5. One restore of the same picture from the same starting noise through each, compared with PyTorch's.
 
---device cpu --ep cpu runs the same steps without a GPU (on tiny models), to check the script itself.
+--device cpu --ep cpu runs the same steps without a GPU (on tiny models, with --onnxruntime-gpu naming any ONNX
+Runtime library folder), to check the script itself; tools/test.sh does.
 """
 import argparse
 import json
@@ -182,10 +183,11 @@ def main():
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: PyTorch sees no CUDA device (use --device cpu --ep cpu to check the script without one)")
-    if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
-        sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run `python3 tools/fetch_onnxruntime.py --gpu`")
     env = dict(os.environ)
     if args.ep != "cpu":
+        if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
+            sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run "
+                     "`python3 tools/fetch_onnxruntime.py --gpu`")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     bundles = [args.bundle] if args.bundle else [WORK / ("bundle-fp16" + ("" if o == 18 else f"-opset{o}"))
                                                   for o in args.opset]
