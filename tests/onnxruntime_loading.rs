@@ -79,3 +79,46 @@ fn auto_falls_back_and_says_what_it_chose() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(" on cpu (chosen by auto)"), "{stderr}");
 }
+
+/// An empty shared library with the given soname, standing in for a CUDA library.
+fn stub_library(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let soname = format!("-Wl,-soname,{}", path.file_name().unwrap().to_str().unwrap());
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-x", "c", "/dev/null", &soname, "-o"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc builds {}", path.display());
+}
+
+#[test]
+fn cuda_libraries_come_from_nvidia_python_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = dir.path().join("driver");
+    stub_library(&driver.join("libcuda.so.1"));
+    let venv = dir.path().join("venv");
+    let nvidia = venv.join("lib/python3.12/site-packages/nvidia");
+    for library in ["cu13/lib/libcudart.so.13", "cu13/lib/libcublasLt.so.13", "cu13/lib/libcublas.so.13"] {
+        stub_library(&nvidia.join(library));
+    }
+    stub_library(&nvidia.join("cudnn/lib/libcudnn.so.9"));
+    let env = [("LD_LIBRARY_PATH", driver.to_str().unwrap()), ("VIRTUAL_ENV", venv.to_str().unwrap())];
+
+    // cuRAND is missing: named with the package that has it, and nothing else is.
+    let (ok, stderr) = restore_with(&["--ep", "cuda"], &env);
+    assert!(!ok);
+    assert!(stderr.contains("libcurand.so.10 (pip install nvidia-curand)"), "{stderr}");
+    assert!(!stderr.contains("libcudart") && !stderr.contains("libcudnn.so"), "{stderr}");
+
+    // With it, the CUDA libraries are all found: what is missing is the provider of the CPU-only ONNX Runtime.
+    stub_library(&nvidia.join("curand/lib/libcurand.so.10"));
+    let (ok, stderr) = restore_with(&["--ep", "cuda"], &env);
+    assert!(!ok);
+    assert!(stderr.contains("libonnxruntime_providers_cuda.so") && !stderr.contains("CUDA libraries"), "{stderr}");
+
+    // Without the driver nothing else is looked for.
+    let (ok, stderr) = restore_with(&["--ep", "cuda"], &[("VIRTUAL_ENV", venv.to_str().unwrap())]);
+    assert!(!ok);
+    assert!(stderr.contains("the NVIDIA driver (libcuda.so.1) is not installed"), "{stderr}");
+}

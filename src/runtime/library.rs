@@ -137,8 +137,8 @@ fn this_library_dir() -> Option<PathBuf> {
     path.parent().map(Path::to_path_buf)
 }
 
-/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so.*`).
-fn python_package_libraries() -> Vec<PathBuf> {
+/// The site-packages folders of the active virtual environment and of the `python3` on PATH.
+pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
     let mut site_dirs: Vec<PathBuf> = Vec::new();
     if let Some(venv) = env::var_os("VIRTUAL_ENV") {
         site_dirs.extend(glob_dirs(&Path::new(&venv).join("lib"), "python3", "site-packages"));
@@ -150,8 +150,13 @@ fn python_package_libraries() -> Vec<PathBuf> {
             site_dirs.extend(String::from_utf8_lossy(&output.stdout).lines().map(PathBuf::from));
         }
     }
+    site_dirs
+}
+
+/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so.*`).
+fn python_package_libraries() -> Vec<PathBuf> {
     let mut libraries = Vec::new();
-    for dir in site_dirs {
+    for dir in python_site_dirs() {
         let capi = dir.join("onnxruntime/capi");
         let Ok(entries) = std::fs::read_dir(&capi) else { continue };
         let mut names: Vec<PathBuf> = entries
@@ -168,7 +173,7 @@ fn python_package_libraries() -> Vec<PathBuf> {
 }
 
 /// `base/<prefix>*/<leaf>` for every matching child directory.
-fn glob_dirs(base: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
+pub(crate) fn glob_dirs(base: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
     entries
         .flatten()

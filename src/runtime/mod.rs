@@ -1,6 +1,7 @@
 //! ONNX Runtime behind a small, dpir-shaped surface: load the library, build sessions on an execution
 //! provider, run a graph on f32 arrays. `ort` types stay inside this module.
 
+mod cuda;
 mod ep;
 mod library;
 
@@ -62,7 +63,9 @@ impl Runtime {
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
         let mut last_error = None;
         for provider in options.execution_provider.attempts() {
-            match Graph::load(probe_graph, &provider, options.threads) {
+            let needs_cuda = matches!(provider, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. });
+            let loaded = if needs_cuda { cuda::ensure_loaded().map_err(RegisterError::Provider) } else { Ok(()) };
+            match loaded.and_then(|()| Graph::load(probe_graph, &provider, options.threads)) {
                 Ok(graph) => {
                     let runtime = Runtime { library, provider, threads: options.threads };
                     return Ok((runtime, graph));

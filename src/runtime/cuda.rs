@@ -1,0 +1,91 @@
+//! The CUDA 13 and cuDNN 9 libraries that ONNX Runtime's CUDA and TensorRT providers load by name.
+//!
+//! Each is taken from the system's library path when it is there, else from the NVIDIA Python packages that a
+//! CUDA build of PyTorch installs (`site-packages/nvidia/*/lib`): loaded by full path before the provider asks for
+//! it, so that the provider finds it already loaded without `LD_LIBRARY_PATH`. The driver comes first: without
+//! it nothing else is loaded.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use super::library::{glob_dirs, python_site_dirs};
+
+/// The NVIDIA driver's library; never in a Python package.
+const DRIVER: &str = "libcuda.so.1";
+
+/// What the providers load, dependencies first, each with the PyPI package that carries it. Their own
+/// dependencies (cuDNN's sub-libraries, cuBLASLt for cuBLAS) are found through their `$ORIGIN` run paths.
+const LIBRARIES: [(&str, &str); 5] = [
+    ("libcudart.so.13", "nvidia-cuda-runtime"),
+    ("libcublasLt.so.13", "nvidia-cublas"),
+    ("libcublas.so.13", "nvidia-cublas"),
+    ("libcurand.so.10", "nvidia-curand"),
+    ("libcudnn.so.9", "nvidia-cudnn-cu13"),
+];
+
+/// Loads the driver and the CUDA libraries, once per process; the reason when some cannot be found.
+pub(crate) fn ensure_loaded() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED.get_or_init(load).clone()
+}
+
+fn load() -> Result<(), String> {
+    if ort::util::preload_dylib(DRIVER).is_err() {
+        return Err(format!("the NVIDIA driver ({DRIVER}) is not installed"));
+    }
+    let folders: Vec<PathBuf> =
+        python_site_dirs().iter().flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib")).collect();
+    let mut missing = Vec::new();
+    for (name, package) in LIBRARIES {
+        if ort::util::preload_dylib(name).is_ok() {
+            continue;
+        }
+        match locate(name, &folders) {
+            Some(path) => {
+                if let Err(error) = ort::util::preload_dylib(&path) {
+                    missing.push(format!("{} ({error})", path.display()));
+                }
+            }
+            None => missing.push(format!("{name} (pip install {package})")),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "CUDA libraries not found on the library path nor in NVIDIA Python packages{}: {}",
+        if folders.is_empty() { String::new() } else { format!(" ({})", display(&folders)) },
+        missing.join(", ")
+    ))
+}
+
+/// The first `folder/name` that exists.
+fn locate(name: &str, folders: &[PathBuf]) -> Option<PathBuf> {
+    folders.iter().map(|folder| folder.join(name)).find(|path| path.is_file())
+}
+
+fn display(folders: &[PathBuf]) -> String {
+    folders.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libraries_are_found_in_the_first_package_folder_that_has_them() {
+        let root = tempfile::tempdir().unwrap();
+        let site = root.path();
+        for (package, library) in [("cu13", "libcudart.so.13"), ("cudnn", "libcudnn.so.9"), ("curand", "libcudnn.so.9")]
+        {
+            std::fs::create_dir_all(site.join("nvidia").join(package).join("lib")).unwrap();
+            std::fs::write(site.join("nvidia").join(package).join("lib").join(library), b"").unwrap();
+        }
+        let mut folders = glob_dirs(&site.join("nvidia"), "", "lib");
+        folders.sort();
+        assert_eq!(locate("libcudart.so.13", &folders), Some(site.join("nvidia/cu13/lib/libcudart.so.13")));
+        assert_eq!(locate("libcudnn.so.9", &folders), Some(site.join("nvidia/cudnn/lib/libcudnn.so.9")));
+        assert_eq!(locate("libcurand.so.10", &folders), None);
+        assert!(locate("libcudart.so.13", &[PathBuf::from("/nonexistent")]).is_none());
+    }
+}
