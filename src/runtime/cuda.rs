@@ -33,14 +33,14 @@ fn load() -> Result<(), String> {
     if ort::util::preload_dylib(DRIVER).is_err() {
         return Err(format!("the NVIDIA driver ({DRIVER}) is not installed"));
     }
-    let folders: Vec<PathBuf> =
-        python_site_dirs().iter().flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib")).collect();
+    let mut folders: Option<Vec<PathBuf>> = None; // asked of Python only when the library path lacks something
     let mut missing = Vec::new();
     for (name, package) in LIBRARIES {
         if ort::util::preload_dylib(name).is_ok() {
             continue;
         }
-        match locate(name, &folders) {
+        let folders = folders.get_or_insert_with(package_folders);
+        match locate(name, folders) {
             Some(path) => {
                 if let Err(error) = ort::util::preload_dylib(&path) {
                     missing.push(format!("{} ({error})", path.display()));
@@ -52,20 +52,22 @@ fn load() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
+    let searched = folders.unwrap_or_default().iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(format!(
-        "CUDA libraries not found on the library path nor in NVIDIA Python packages{}: {}",
-        if folders.is_empty() { String::new() } else { format!(" ({})", display(&folders)) },
+        "CUDA libraries not found on the library path nor in NVIDIA Python packages ({}): {}",
+        if searched.is_empty() { "none installed" } else { &searched },
         missing.join(", ")
     ))
+}
+
+/// `nvidia/*/lib` of every site-packages folder dpir knows of.
+fn package_folders() -> Vec<PathBuf> {
+    python_site_dirs().iter().flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib")).collect()
 }
 
 /// The first `folder/name` that exists.
 fn locate(name: &str, folders: &[PathBuf]) -> Option<PathBuf> {
     folders.iter().map(|folder| folder.join(name)).find(|path| path.is_file())
-}
-
-fn display(folders: &[PathBuf]) -> String {
-    folders.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
