@@ -9,9 +9,9 @@ Before it: tools/setup.sh (target/release/dpir), tools/export/setup.sh (a CUDA 1
 packages; any Python with those will do) and `python3 tools/fetch_onnxruntime.py --gpu` (the onnxruntime-gpu
 library and its CUDA provider in build/onnxruntime-gpu/lib; --wheel FILE where there is no network).
 
-1. CUDA: the provider needs CUDA 13's cuBLAS, cuRAND and runtime and cuDNN 9. They are looked up among the NVIDIA
-   packages on this Python's path (nvidia/*/lib: PyTorch's own, or e.g. `pip install nvidia-curand`) and put on
-   the runtime's LD_LIBRARY_PATH; a missing one is named with the package that has it.
+1. CUDA: the runtime takes the CUDA 13 and cuDNN 9 libraries from the NVIDIA packages of this Python's environment
+   (PyTorch's own; cuRAND: `pip install nvidia-curand`). One restore with the oracle bundle checks the provider
+   before anything is converted; a missing library is named with the package that has it.
 2. The bundles: --bundle, else one per --opset (build/full/bundle-fp16 for 18, bundle-fp16-opset23 for 23, whose
    attention is the standard Attention op that the CUDA provider fuses), converted with the checks off from
    --models (default build/full/models, made by `python -m dpir_export.full_size` when missing).
@@ -40,28 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "full"
 sys.path.insert(0, str(ROOT / "tools" / "export"))
 
-# What libonnxruntime_providers_cuda.so loads, and the PyPI package that carries each for CUDA 13.
-CUDA_LIBRARIES = {"libcudart.so.13": "nvidia-cuda-runtime", "libcublas.so.13": "nvidia-cublas",
-                  "libcublasLt.so.13": "nvidia-cublas", "libcurand.so.10": "nvidia-curand",
-                  "libcudnn.so.9": "nvidia-cudnn-cu13"}
 GLOBAL_CLIP_FOLDERS = ("clip-global-standin", "CLIP-ViT-bigG-14-laion2B-39B-b160k")
-
-
-def cuda_library_path():
-    """The folders holding CUDA_LIBRARIES among the NVIDIA packages on this Python's path (PyTorch's own, or
-    installed beside it), or exit naming what is missing."""
-    roots = [Path(p) / "nvidia" for p in sys.path if (Path(p) / "nvidia").is_dir()]
-    folders, missing = [], []
-    for library, package in CUDA_LIBRARIES.items():
-        found = [f for root in roots for f in sorted(root.glob(f"*/lib/{library}"))]
-        if not found:
-            missing.append(f"{library} (pip install {package} for CUDA 13)")
-        elif str(found[0].parent) not in folders:
-            folders.append(str(found[0].parent))
-    if missing:
-        sys.exit(f"error: not found in {', '.join(map(str, roots)) or 'no nvidia folder on sys.path'}: "
-                 + ", ".join(missing))
-    return folders
 
 
 def convert(models, bundle, opset):
@@ -76,6 +55,19 @@ def convert(models, bundle, opset):
                     "--name", "dpir-full-size-random", "--dtype", "fp16", "--opset", str(opset), "--no-verify",
                     "--out", bundle],
                    env=env, check=True)
+
+
+def check_provider(args, env):
+    """One restore of the oracle bundle on the provider, to fail in seconds rather than after the conversion."""
+    if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
+        sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run `python3 tools/fetch_onnxruntime.py --gpu`")
+    picture = ROOT / "examples" / "images" / "landscape.png"
+    check = subprocess.run([ROOT / "target" / "release" / "dpir", "restore", picture, WORK / "provider-check.png",
+                            "--model", ROOT / "tests" / "fixtures" / "bundles" / "oracle", "--ep", args.ep, "--ort-lib",
+                            args.onnxruntime_gpu / "libonnxruntime.so.1.31.1", "--steps", "1", "--quiet"],
+                           env=env, capture_output=True, text=True)
+    if check.returncode != 0:
+        sys.exit(f"the runtime cannot use {args.ep}:\n{check.stderr}")
 
 
 def rust(args, bundle, env, image, noise):
@@ -183,12 +175,11 @@ def main():
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: PyTorch sees no CUDA device (use --device cpu --ep cpu to check the script without one)")
-    env = dict(os.environ)
+    WORK.mkdir(parents=True, exist_ok=True)
+    # The runtime looks for the CUDA libraries in the active environment's packages: this Python's.
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
     if args.ep != "cpu":
-        if not (args.onnxruntime_gpu / "libonnxruntime_providers_cuda.so").exists():
-            sys.exit(f"error: no CUDA provider in {args.onnxruntime_gpu}: run "
-                     "`python3 tools/fetch_onnxruntime.py --gpu`")
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+        check_provider(args, env)
     bundles = [args.bundle] if args.bundle else [WORK / ("bundle-fp16" + ("" if o == 18 else f"-opset{o}"))
                                                   for o in args.opset]
     for bundle, opset in zip(bundles, args.opset):
@@ -199,7 +190,6 @@ def main():
 
     from dpir_export.reference import test_image
 
-    WORK.mkdir(parents=True, exist_ok=True)
     picture, noise = WORK / f"gpu-input-{args.size}.npy", WORK / f"gpu-noise-{args.size}.npy"
     np.save(picture, test_image(args.size, args.size))
     runs = {bundle.name: rust(args, bundle, env, picture, noise) for bundle in bundles}
