@@ -54,7 +54,7 @@ fn load() -> Result<(), String> {
     }
     let searched = folders.unwrap_or_default().iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(format!(
-        "CUDA libraries not found on the library path nor in NVIDIA Python packages ({}): {}",
+        "cannot load the CUDA libraries from the library path or the NVIDIA Python packages ({}): {}",
         if searched.is_empty() { "none installed" } else { &searched },
         missing.join(", ")
     ))
