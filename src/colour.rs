@@ -84,11 +84,20 @@ fn blur_columns(src: &[f32], dst: &mut [f32], s: usize, r: usize) {
 pub fn wavelet_fix(mut restored: Array3<f32>, reference: ArrayView3<'_, f32>) -> Array3<f32> {
     assert_eq!(restored.dim(), reference.dim(), "the colour reference has the output's size");
     std::thread::scope(|scope| {
-        for (mut plane, reference) in restored.outer_iter_mut().zip(reference.outer_iter()) {
-            scope.spawn(move || {
-                let low = low_pass((&reference - &plane).view());
-                Zip::from(&mut plane).and(&low).for_each(|o, &l| *o = (*o + l).clamp(0.0, 1.0));
-            });
+        let workers: Vec<_> = restored
+            .outer_iter_mut()
+            .zip(reference.outer_iter())
+            .map(|(mut plane, reference)| {
+                scope.spawn(move || {
+                    let low = low_pass((&reference - &plane).view());
+                    Zip::from(&mut plane).and(&low).for_each(|o, &l| *o = (*o + l).clamp(0.0, 1.0));
+                })
+            })
+            .collect();
+        // Joined one by one rather than by the scope, which only waits for the closures: a thread still exiting
+        // when a host process ends trips leak checkers.
+        for worker in workers {
+            worker.join().expect("the low pass does not panic");
         }
     });
     restored
