@@ -21,7 +21,6 @@ import re
 import subprocess
 import tempfile
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +29,39 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "full"
 
 
+# The model maker's global CLIP folder; the tiny models (dpir_export.tiny) name theirs like the real release's.
+GLOBAL_CLIP_FOLDERS = ("clip-global-standin", "CLIP-ViT-bigG-14-laion2B-39B-b160k")
+
+
+def sources(models):
+    """The converter's source paths inside a folder written by dpir_export.full_size (or .tiny), by job key."""
+    return {"sd3": models / "stable-diffusion-3-medium-diffusers",
+            "dpir_transformer": models / "dpir" / "consolidated.00-of-01.pth", "vae_encoder": models / "dr-vae",
+            "clip_b32": models / "clip-vit-base-patch32",
+            "clip_bigg": next(models / f for f in GLOBAL_CLIP_FOLDERS if (models / f).exists())}
+
+
+def convert(python, models, bundle, dtype, opset, *options):
+    """Makes the full-size random models in `models` when missing and converts them into `bundle` with `python`
+    (which needs the converter's packages); `options` go to the converter as they are."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tools" / "export"))
+    if not (models / "dpir").exists():
+        subprocess.run([python, "-m", "dpir_export.full_size", models], env=env, check=True)
+    flags = [a for key, path in sources(models).items() for a in ("--" + key.replace("_", "-"), path)]
+    subprocess.run([python, "-m", "dpir_export", *flags, "--name", "dpir-full-size-random", "--dtype", dtype,
+                    "--opset", str(opset), *options, "--out", bundle], env=env, check=True)
+
+
 def run_measured(command, env=None):
-    """Runs a command; returns (wall seconds, its output, its own peak resident memory in bytes)."""
+    """Runs a command; returns its output and its own peak resident memory in bytes."""
     with tempfile.TemporaryFile("w+") as log:
-        start = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - start
         log.seek(0)
         out = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{command[0]} failed:\n{out}")
-    return wall, out, usage.ru_maxrss * 1024
+    return out, usage.ru_maxrss * 1024
 
 
 def main():
@@ -54,16 +74,8 @@ def main():
     args = ap.parse_args()
     name = args.dtype + ("" if args.opset == 18 else f"-opset{args.opset}")
     bundle = WORK / f"bundle-{name}"
-    export_py = ROOT / "build" / "export-venv" / "bin" / "python"
     if not (bundle / "dpir.json").exists() and not args.skip_convert:
-        if not (WORK / "models" / "dpir").exists():
-            subprocess.run([export_py, "-m", "dpir_export.full_size", WORK / "models"], check=True)
-        m = WORK / "models"
-        subprocess.run([export_py, "-m", "dpir_export", "--sd3", m / "stable-diffusion-3-medium-diffusers",
-                        "--dpir-transformer", m / "dpir" / "consolidated.00-of-01.pth", "--vae-encoder", m / "dr-vae",
-                        "--clip-b32", m / "clip-vit-base-patch32", "--clip-bigg", m / "clip-global-standin",
-                        "--name", "dpir-full-size-random", "--dtype", args.dtype, "--opset", str(args.opset),
-                        "--out", bundle], check=True)
+        convert(ROOT / "build" / "export-venv" / "bin" / "python", WORK / "models", bundle, args.dtype, args.opset)
     weights = sum(f.stat().st_size for f in bundle.iterdir() if f.suffix in (".onnx", ".data"))
     gib = 1024 ** 3
     print(f"bundle {bundle.name}: {weights / gib:.2f} GiB of graphs and weights on disk")
@@ -75,7 +87,7 @@ def main():
 
     # One restore in a fresh process, as a user runs the CLI: load, first restore, exit.
     rust_out, noise = WORK / f"rust-{name}-{args.size}.npy", WORK / f"noise-{args.size}.npy"
-    _, out, rss = run_measured([ROOT / "target" / "release" / "dpir", "restore", image, rust_out, "--model", bundle,
+    out, rss = run_measured([ROOT / "target" / "release" / "dpir", "restore", image, rust_out, "--model", bundle,
                                 "--save-noise", noise, *steps])
     load = float(re.search(r"loaded .* in ([0-9.]+) s", out).group(1))
     total, inside = (float(v) for v in re.search(r"in ([0-9.]+) s \(([0-9.]+) s in \d+ model calls", out).groups())
@@ -92,7 +104,7 @@ def main():
         return
     env = dict(os.environ, DPIR_REF_THREADS=str(os.cpu_count()))
     ref_out = WORK / f"reference-{name}-{args.size}.npy"
-    _, ref_log, ref_rss = run_measured([sys.executable, ROOT / "tools" / "reference" / "dpir_reference.py",
+    ref_log, ref_rss = run_measured([sys.executable, ROOT / "tools" / "reference" / "dpir_reference.py",
                                         "--bundle", bundle, "--input", image, "--output", ref_out, "--noise", noise,
                                         *steps], env=env)
     ref_restore = float(re.search(r"in ([0-9.]+) s:", ref_log).group(1))

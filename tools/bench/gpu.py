@@ -36,25 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / "build" / "full"
+from full_size import ROOT, WORK, convert, sources
+
 sys.path.insert(0, str(ROOT / "tools" / "export"))
-
-GLOBAL_CLIP_FOLDERS = ("clip-global-standin", "CLIP-ViT-bigG-14-laion2B-39B-b160k")
-
-
-def convert(models, bundle, opset):
-    """Full-size random models (if missing) and their fp16 bundle, with the converter's checks off."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tools" / "export"))
-    if not (models / "dpir").exists():
-        subprocess.run([sys.executable, "-m", "dpir_export.full_size", models], env=env, check=True)
-    clip_global = next(models / f for f in GLOBAL_CLIP_FOLDERS if (models / f).exists())
-    subprocess.run([sys.executable, "-m", "dpir_export", "--sd3", models / "stable-diffusion-3-medium-diffusers",
-                    "--dpir-transformer", models / "dpir" / "consolidated.00-of-01.pth", "--vae-encoder",
-                    models / "dr-vae", "--clip-b32", models / "clip-vit-base-patch32", "--clip-bigg", clip_global,
-                    "--name", "dpir-full-size-random", "--dtype", "fp16", "--opset", str(opset), "--no-verify",
-                    "--out", bundle],
-                   env=env, check=True)
 
 
 def check_provider(args, env):
@@ -127,10 +111,7 @@ def pytorch(args, models_dir, manifest, image, noise):
     from dpir_export import graphs, reference
 
     device = torch.device(args.device)
-    clip_global = next(models_dir / f for f in GLOBAL_CLIP_FOLDERS if (models_dir / f).exists())
-    job = {"args": {"sd3": models_dir / "stable-diffusion-3-medium-diffusers", "vae_encoder": models_dir / "dr-vae",
-                    "clip_b32": models_dir / "clip-vit-base-patch32", "clip_bigg": clip_global,
-                    "dpir_transformer": models_dir / "dpir" / "consolidated.00-of-01.pth"}}
+    job = {"args": sources(models_dir)}
     modules = {}
     for name in ("vae_encoder", "vae_decoder", "clip_local", "clip_global", "transformer"):
         dtype = torch.float32 if name.startswith("vae") else torch.bfloat16
@@ -184,7 +165,7 @@ def main():
                                                   for o in args.opset]
     for bundle, opset in zip(bundles, args.opset):
         if not (bundle / "dpir.json").exists():
-            convert(args.models, bundle, opset)
+            convert(sys.executable, args.models, bundle, "fp16", opset, "--no-verify")
     manifest = json.loads((bundles[0] / "dpir.json").read_text())
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
 
