@@ -16,6 +16,7 @@ Needs tools/setup.sh, tools/setup-tests.sh (build/venv) and tools/export/setup.s
 conversion writes about 10 GB and peaks near 20 GiB of memory: run it alone on a 24 GiB machine.
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -41,15 +42,23 @@ def sources(models):
             "clip_bigg": next(models / f for f in GLOBAL_CLIP_FOLDERS if (models / f).exists())}
 
 
+def make_models(python, models, maker="full_size"):
+    """Writes random models with `python -m dpir_export.MAKER` into `models` unless it holds some already."""
+    if not (models / "convert.json").exists():
+        subprocess.run([python, "-m", f"dpir_export.{maker}", models], env=_export_env(), check=True)
+
+
 def convert(python, models, bundle, dtype, opset, *options):
-    """Makes the full-size random models in `models` when missing and converts them into `bundle` with `python`
-    (which needs the converter's packages); `options` go to the converter as they are."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tools" / "export"))
-    if not (models / "dpir").exists():
-        subprocess.run([python, "-m", "dpir_export.full_size", models], env=env, check=True)
-    flags = [a for key, path in sources(models).items() for a in ("--" + key.replace("_", "-"), path)]
-    subprocess.run([python, "-m", "dpir_export", *flags, "--name", "dpir-full-size-random", "--dtype", dtype,
-                    "--opset", str(opset), *options, "--out", bundle], env=env, check=True)
+    """Converts the models in `models` (made by make_models, which wrote their arguments to convert.json) into
+    `bundle` with `python` (which needs the converter's packages); `options` go to the converter as they are."""
+    flags = json.loads((models / "convert.json").read_text())
+    subprocess.run([python, "-m", "dpir_export", *flags, "--dtype", dtype, "--opset", str(opset), *options,
+                    "--out", bundle], env=_export_env(), check=True)
+
+
+def _export_env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "tools" / "export"), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
 def run_measured(command, env=None):
@@ -75,7 +84,9 @@ def main():
     name = args.dtype + ("" if args.opset == 18 else f"-opset{args.opset}")
     bundle = WORK / f"bundle-{name}"
     if not (bundle / "dpir.json").exists() and not args.skip_convert:
-        convert(ROOT / "build" / "export-venv" / "bin" / "python", WORK / "models", bundle, args.dtype, args.opset)
+        python = ROOT / "build" / "export-venv" / "bin" / "python"
+        make_models(python, WORK / "models")
+        convert(python, WORK / "models", bundle, args.dtype, args.opset)
     weights = sum(f.stat().st_size for f in bundle.iterdir() if f.suffix in (".onnx", ".data"))
     gib = 1024 ** 3
     print(f"bundle {bundle.name}: {weights / gib:.2f} GiB of graphs and weights on disk")

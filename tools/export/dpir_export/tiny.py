@@ -11,7 +11,7 @@ writes
     OUT_DIR/clip-vit-base-patch32/                 a whole CLIPModel (the converter takes its vision tower)
     OUT_DIR/CLIP-ViT-bigG-14-laion2B-39B-b160k/    likewise
 
-and prints the conversion command. The classes are exactly those of the real models (diffusers'
+and prints the conversion command (also written to OUT_DIR/convert.json, without --dtype and --out). The classes are exactly those of the real models (diffusers'
 SD3Transformer2DModel with our LQ branch, AutoencoderKL, transformers' CLIPModel and T5EncoderModel); only the sizes
 differ: 3 joint blocks of width 32, a 4-level VAE of downscale 8, 32 px CLIP towers, a 2-layer T5 of width 32.
 The widths are chosen so that every padding of the context assembly is exercised: pooled 24 + 20 = 44 < context
@@ -149,6 +149,8 @@ def run(make_models, what, argv=None):
 
     quiet()
     command = make_models(args.out, args.seed)
+    # The conversion arguments, for scripts that convert whichever models a folder holds (tools/bench).
+    _write_json(Path(args.out) / "convert.json", command)
     print(f"wrote {what} to", args.out)
     print("convert with: python -m dpir_export " + " ".join(repr(a) if " " in a else a for a in command)
           + " --dtype fp32 --out BUNDLE")

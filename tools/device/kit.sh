@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU machine's side of the kit (tools/device/README.md), run by the calls in .kit/RUN.md in the repository
+# root, with the device's own python3 (PyTorch with CUDA, transformers, onnx) and nothing else installed.
+#
+#   bash tools/device/kit.sh begin [GPU.PY ARGS]   install the carried wheels; make and convert the bundles in the
+#                                                  background (tools/bench/gpu.py --prepare-only), which goes on
+#                                                  while the next calls carry the rest of the payload
+#   bash tools/device/kit.sh wait                  say how the background conversion is doing
+#   bash tools/device/kit.sh measure               reassemble and check the payload, wait for the bundles, run
+#                                                  tools/bench/gpu.py; gpu.json and the logs go to $OUT
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+work=build/device
+export PYTHONPATH=$PWD/$work/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+
+# Seconds `measure` waits for the bundles; the device tool's call limit is 600 s in all.
+bundles_wait=${DPIR_KIT_BUNDLES_WAIT:-330}
+
+progress() {
+    if [ -f $work/converted ]; then
+        echo "bundles: done (status $(cat $work/converted)) after $(cat $work/converted-after) s"
+    else
+        echo "bundles: in progress for $(($(date +%s) - $(cat $work/started))) s"
+    fi
+    tail -n 3 $work/convert.log 2>/dev/null | sed 's/^/  | /'
+}
+
+case "${1:-}" in
+begin)
+    shift
+    mkdir -p $work
+    printf '%s\n' "$@" >$work/args
+    date +%s >$work/started
+    rm -f $work/converted
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $work/site \
+        .kit/1/wheels/*.whl || exit 1
+    python3 -c 'import torch, diffusers, transformers, onnx, onnxscript, numpy
+print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "diffusers", diffusers.__version__,
+      "transformers", transformers.__version__, "onnx", onnx.__version__, "onnxscript", onnxscript.__version__,
+      "numpy", numpy.__version__)
+print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")' || exit 1
+    nproc && free -g | head -n 2
+    # A new session, so that the conversions outlive this call.
+    setsid nohup bash tools/device/kit.sh convert >$work/convert.log 2>&1 </dev/null &
+    sleep 5
+    progress
+    ;;
+convert)
+    mapfile -t args <$work/args
+    started=$(cat $work/started)
+    python3 tools/bench/gpu.py --prepare-only "${args[@]}"
+    status=$?
+    echo $(($(date +%s) - started)) >$work/converted-after
+    echo $status >$work/converted
+    ;;
+wait)
+    progress
+    ;;
+measure)
+    out=${OUT:?the device tool sets OUT}
+    log=$out/gpu.log
+    {
+        echo "== payload"
+        cat .kit/*/payload.part-* >$work/payload.tar.xz
+        (cd $work && sha256sum -c "$OLDPWD"/.kit/*/payload.sha256) || exit 1
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(".", filter="tar")' \
+            $work/payload.tar.xz || exit 1
+        rm $work/payload.tar.xz
+        ls -l target/release/dpir build/onnxruntime*/lib/
+        command -v nvidia-smi >/dev/null && nvidia-smi
+        echo "== bundles"
+        for _ in $(seq "$bundles_wait"); do
+            [ -f $work/converted ] && break
+            sleep 1
+        done
+        progress
+        cp $work/convert.log "$out/"
+        [ "$(cat $work/converted 2>/dev/null)" = 0 ] || { echo "error: the bundles are not ready"; exit 1; }
+        echo "== measure"
+        mapfile -t args <$work/args
+        python3 tools/bench/gpu.py "${args[@]}" --json "$out/gpu.json"
+    } 2>&1 | tee "$log"
+    exit "${PIPESTATUS[0]}"
+    ;;
+*)
+    echo "usage: $0 begin [GPU.PY ARGS] | wait | measure" >&2
+    exit 2
+    ;;
+esac
