@@ -51,8 +51,9 @@ ORT_LIBRARY = "libonnxruntime.so.1.31.1"
 
 @contextmanager
 def gpu_memory():
-    """Samples the GPU's used memory with nvidia-smi while the block runs; yields a dict that gets
-    `peak_mib` and `before_mib` (absent without nvidia-smi)."""
+    """Samples the GPU's used memory with nvidia-smi while the block runs; yields a dict that gets `before_mib`
+    (in use before the block) and `peak_mib` (the most in use during it, less `before_mib`); empty without
+    nvidia-smi."""
     figures = {}
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -66,7 +67,7 @@ def gpu_memory():
     finally:
         sampler.terminate()
         samples = [int(v) for v in sampler.communicate()[0].split() if v.isdigit()]
-        figures["peak_mib"] = max(samples, default=figures["before_mib"])
+        figures["peak_mib"] = max(samples, default=figures["before_mib"]) - figures["before_mib"]
 
 
 def dpir(args, bundle, ep, *command):

@@ -17,6 +17,15 @@ export PYTHONUNBUFFERED=1
 # Seconds `measure` waits for the bundles; the device tool's call limit is 600 s in all.
 bundles_wait=${DPIR_KIT_BUNDLES_WAIT:-330}
 
+# Moves the carried parts into build/device/parts, which no later call's copy of the tree can touch.
+collect_parts() {
+    mkdir -p $work/parts
+    for part in .kit/*/payload.*; do
+        [ -e "$part" ] && mv "$part" $work/parts/
+    done
+    echo "payload parts here: $(cd $work/parts && echo payload.part-*)"
+}
+
 progress() {
     if [ -f $work/converted ]; then
         echo "bundles: done (status $(cat $work/converted)) after $(cat $work/converted-after) s"
@@ -40,7 +49,8 @@ print("python", __import__("sys").version.split()[0], "torch", torch.__version__
       "transformers", transformers.__version__, "onnx", onnx.__version__, "onnxscript", onnxscript.__version__,
       "numpy", numpy.__version__)
 print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")' || exit 1
-    nproc && free -g | head -n 2
+    nproc && free -g | head -n 2 && df -h . | tail -n 1
+    collect_parts
     # A new session, so that the conversions outlive this call.
     setsid nohup bash tools/device/kit.sh convert >$work/convert.log 2>&1 </dev/null &
     sleep 5
@@ -55,6 +65,7 @@ convert)
     echo $status >$work/converted
     ;;
 wait)
+    collect_parts
     progress
     ;;
 measure)
@@ -62,8 +73,9 @@ measure)
     log=$out/gpu.log
     {
         echo "== payload"
-        cat .kit/*/payload.part-* >$work/payload.tar.xz
-        (cd $work && sha256sum -c "$OLDPWD"/.kit/*/payload.sha256) || exit 1
+        collect_parts
+        cat $work/parts/payload.part-* >$work/payload.tar.xz
+        (cd $work && sha256sum -c parts/payload.sha256) || exit 1
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(".", filter="tar")' \
             $work/payload.tar.xz || exit 1
         rm $work/payload.tar.xz

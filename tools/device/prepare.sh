@@ -30,7 +30,7 @@ else
     kit=.kit
     ort=build/onnxruntime-gpu/lib
     python3 tools/fetch_onnxruntime.py --gpu
-    part_mib=54
+    part_mib=52
     measure=""
 fi
 cargo build --release --bin dpir --quiet
