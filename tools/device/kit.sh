@@ -39,7 +39,7 @@ case "${1:-}" in
 begin)
     shift
     mkdir -p $work
-    printf '%s\n' "$@" >$work/args
+    if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi >$work/args
     date +%s >$work/started
     rm -f $work/converted
     python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $work/site \

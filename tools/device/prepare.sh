@@ -31,7 +31,7 @@ else
     ort=build/onnxruntime-gpu/lib
     python3 tools/fetch_onnxruntime.py --gpu
     part_mib=52
-    measure=""
+    measure="--size 1024 --steps 28 --runs 3 --opset 18 23 --tiled-size 2048 --check-size 256"
 fi
 cargo build --release --bin dpir --quiet
 
