@@ -9,7 +9,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::runtime::{Graph, TensorInfo};
+use crate::runtime::{Graph, Profile, ProfileInput, TensorInfo};
 
 /// The manifest format this runtime reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -28,6 +28,9 @@ pub fn default_model_dir() -> Option<PathBuf> {
     let data = set("XDG_DATA_HOME").filter(|dir| dir.is_absolute()).or_else(|| Some(set("HOME")?.join(".local/share")));
     data.map(|data| data.join("dpir").join("model")).filter(|dir| dir.is_dir())
 }
+
+/// The largest transformer batch that TensorRT engines are built for: one sample, doubled by guidance.
+pub(crate) const TENSORRT_MAX_BATCH: usize = 2;
 
 /// `dpir.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -366,6 +369,42 @@ impl Manifest {
         }
     }
 
+    /// The shapes dpir feeds `role`'s inputs, as a TensorRT optimisation profile. Batches: 1, or up to 2 for
+    /// the transformer (guidance doubles it) and up to the CLIP block for the CLIP towers (a crop per global tile
+    /// and the local one). Sides, in latent samples: from one patch to the default tile (larger tiles and joint
+    /// tile batches are refused on TensorRT), plus the VAE's margins for the VAE. Engines sized for one pass
+    /// instead would reserve gigabytes for shapes dpir does not feed them by default.
+    pub(crate) fn profile(&self, role: Role) -> Profile {
+        let patch = self.transformer.patch_size;
+        let tile = self.tensorrt_tile();
+        let with_margins = tile + 2 * crate::tiled::VAE_MARGIN.max(self.defaults.latent_overlap);
+        let d = self.latent.downscale;
+        // (batch, side) as (min, opt, max)
+        let (batch, side) = match role {
+            Role::Transformer => ([1, 1, TENSORRT_MAX_BATCH], [patch, tile, tile]),
+            Role::VaeDecoder => ([1, 1, 1], [patch, tile, with_margins]),
+            Role::VaeEncoder => ([1, 1, 1], [patch * d, tile * d, with_margins * d]),
+            Role::ClipLocal | Role::ClipGlobal => ([1, 1, self.clip.clip_tokens], [0; 3]),
+        };
+        let inputs = self.expected(role).0.into_iter().map(|input| {
+            let dims = |k: usize| -> Vec<usize> {
+                input
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, d)| d.unwrap_or(if axis == 0 { batch[k] } else { side[k] }))
+                    .collect()
+            };
+            ProfileInput { name: input.name.to_string(), min: dims(0), opt: dims(1), max: dims(2) }
+        });
+        Profile { inputs: inputs.collect() }
+    }
+
+    /// The largest tile, in latent samples, that TensorRT engines are built for: the default tile.
+    pub(crate) fn tensorrt_tile(&self) -> usize {
+        self.defaults.latent_tile.min(self.transformer.max_patches * self.transformer.patch_size)
+    }
+
     /// Checks a loaded graph's inputs and outputs against the manifest.
     pub(crate) fn check_graph(&self, role: Role, graph: &Graph) -> Result<()> {
         let (inputs, outputs) = self.expected(role);
@@ -448,4 +487,43 @@ pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result
         });
     }
     Ok(array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_profiles_cover_the_shapes_dpir_feeds() {
+        let tiny = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny")).unwrap();
+        // tiny: 4 latent channels, downscale 8, patch 2, default tile 128 and overlap 16, 12 + 8 context tokens
+        // of width 48, pooled width 40, CLIP images of 32 and a block of 12.
+        let shapes = |role| {
+            let p = tiny.profile(role);
+            p.inputs.into_iter().map(|i| (i.name, i.min, i.opt, i.max)).collect::<Vec<_>>()
+        };
+        let s = |name: &str, min: &[usize], opt: &[usize], max: &[usize]| {
+            (name.to_string(), min.to_vec(), opt.to_vec(), max.to_vec())
+        };
+        assert_eq!(
+            shapes(Role::Transformer),
+            vec![
+                s("hidden_states", &[1, 4, 2, 2], &[1, 4, 128, 128], &[2, 4, 128, 128]),
+                s("timestep", &[1], &[1], &[2]),
+                s("lq_latent", &[1, 4, 2, 2], &[1, 4, 128, 128], &[2, 4, 128, 128]),
+                s("encoder_hidden_states", &[1, 20, 48], &[1, 20, 48], &[2, 20, 48]),
+                s("pooled_projections", &[1, 40], &[1, 40], &[2, 40]),
+            ]
+        );
+        assert_eq!(
+            shapes(Role::VaeEncoder),
+            vec![s("image", &[1, 3, 16, 16], &[1, 3, 1024, 1024], &[1, 3, 1280, 1280])]
+        );
+        assert_eq!(shapes(Role::VaeDecoder), vec![s("latent", &[1, 4, 2, 2], &[1, 4, 128, 128], &[1, 4, 160, 160])]);
+        assert_eq!(
+            shapes(Role::ClipLocal),
+            vec![s("pixel_values", &[1, 3, 32, 32], &[1, 3, 32, 32], &[12, 3, 32, 32])]
+        );
+        assert_eq!(tiny.profile(Role::ClipGlobal), tiny.profile(Role::ClipLocal));
+    }
 }

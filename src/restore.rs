@@ -14,7 +14,9 @@ use crate::noise::{latent_noise, Stream};
 use crate::pixels::{Image, PixelLayout, Pixels, PixelsMut, MAX_SIDE};
 use crate::plan::Rect;
 use crate::prompt::{self, Conditioning, Features};
-use crate::runtime::{ExecutionProvider, Graph, Runtime, RuntimeOptions, SessionTimer, TensorInfo};
+use crate::runtime::{
+    self, ExecutionProvider, Graph, GraphHints, Resident, Runtime, RuntimeOptions, SessionTimer, TensorInfo,
+};
 use crate::source::{FrameSource, ImageSink, SourceData};
 use crate::tiled;
 
@@ -244,12 +246,12 @@ struct TextEncoder {
 
 impl TextEncoder {
     /// Loads `t5.onnx` and `tokenizer.json` when the bundle has them; padding and truncation to the text block.
-    fn load(dir: &Path, manifest: &Manifest, runtime: &Runtime) -> Result<Option<TextEncoder>> {
+    fn load(dir: &Path, manifest: &Manifest, runtime: &Runtime, bundle_key: &str) -> Result<Option<TextEncoder>> {
         let file = dir.join(bundle::TEXT_ENCODER_FILE);
         if !file.is_file() {
             return Ok(None);
         }
-        let graph = runtime.load(&file)?;
+        let graph = runtime.load(&file, &GraphHints { bundle_key: bundle_key.to_string(), ..Default::default() })?;
         manifest.check_text_encoder(&graph)?;
         let path = dir.join(bundle::TOKENIZER_FILE);
         let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
@@ -329,8 +331,12 @@ impl Restorer {
                 return Err(Error::bundle(&file, "graph file is missing"));
             }
         }
-        let (runtime, transformer) = Runtime::new(options, &dir.join(Role::Transformer.file_name()))?;
-        let load = |role: Role| runtime.load(&dir.join(role.file_name()));
+        let files: Vec<PathBuf> = Role::ALL.iter().map(|role| dir.join(role.file_name())).collect();
+        let bundle_key = runtime::bundle_key(&dir, &manifest.name, &manifest.dtype, &files);
+        let hints = |role: Role| GraphHints { profile: manifest.profile(role), bundle_key: bundle_key.clone() };
+        let (runtime, transformer) =
+            Runtime::new(options, &dir.join(Role::Transformer.file_name()), &hints(Role::Transformer))?;
+        let load = |role: Role| runtime.load(&dir.join(role.file_name()), &hints(role));
         let graphs = [
             load(Role::VaeEncoder)?,
             load(Role::VaeDecoder)?,
@@ -338,7 +344,7 @@ impl Restorer {
             load(Role::ClipGlobal)?,
             transformer,
         ];
-        let text_encoder = TextEncoder::load(&dir, &manifest, &runtime)?;
+        let text_encoder = TextEncoder::load(&dir, &manifest, &runtime, &bundle_key)?;
         let restorer = Restorer { dir, manifest, runtime, graphs, text_encoder };
         for role in Role::ALL {
             restorer.manifest.check_graph(role, restorer.graph(role))?;
@@ -567,6 +573,30 @@ impl Restorer {
         if !(1..=64).contains(&batch) {
             return Err(Error::InvalidOptions(format!("tile batch must be between 1 and 64, got {batch}")));
         }
+        let context_margin = options.context_margin.unwrap_or(overlap * m.latent.downscale);
+        if matches!(self.runtime.provider, ExecutionProvider::TensorRt { .. }) {
+            // TensorRT engines are built for the shapes of `Manifest::profile`; others would fail mid-restore.
+            let samples = batch * if guidance > 1.0 { 2 } else { 1 };
+            if samples > bundle::TENSORRT_MAX_BATCH {
+                return Err(Error::InvalidOptions(format!(
+                    "on TensorRT a transformer call takes at most {} samples; tile batch {batch}{} makes {samples}",
+                    bundle::TENSORRT_MAX_BATCH,
+                    if guidance > 1.0 { " with guidance" } else { "" }
+                )));
+            }
+            if tile > m.tensorrt_tile() {
+                return Err(Error::InvalidOptions(format!(
+                    "on TensorRT tiles are at most {} latent samples for this model (its engines' shapes), got {tile}",
+                    m.tensorrt_tile()
+                )));
+            }
+            let most = tiled::VAE_MARGIN.max(d.latent_overlap) * m.latent.downscale;
+            if options.tile_mode == TileMode::Joint && context_margin > most {
+                return Err(Error::InvalidOptions(format!(
+                    "on TensorRT the context margin is at most {most} pixels for this model, got {context_margin}"
+                )));
+            }
+        }
         Ok(Settings {
             scale,
             steps,
@@ -579,7 +609,7 @@ impl Restorer {
             tile,
             overlap,
             batch,
-            context_margin: options.context_margin.unwrap_or(overlap * m.latent.downscale),
+            context_margin,
         })
     }
 
@@ -668,39 +698,58 @@ impl Restorer {
         prompt::features(crops, self.graph(Role::ClipLocal), self.graph(Role::ClipGlobal), call.counted())
     }
 
-    /// The guided velocity of a batch of samples at `sigma`: z and z_lq (B, C, h, w), one conditioning each.
+    /// The transformer inputs that stay the same through the denoising steps of a batch of samples: the LQ
+    /// latents (B, C, h, w) and one conditioning each, doubled with all-zero prompts when guidance is on. They
+    /// are converted, and on a GPU uploaded, once here rather than at every step.
+    pub(crate) fn step_inputs(
+        &self,
+        z_lq: ArrayView4<'_, f32>,
+        conditions: &[&Conditioning],
+        settings: &Settings,
+        call: &Call,
+    ) -> Result<StepInputs> {
+        let guided = settings.guidance > 1.0;
+        let contexts: Vec<_> = conditions.iter().map(|c| c.context.view()).collect();
+        let pooled: Vec<_> = conditions.iter().map(|c| c.pooled.view()).collect();
+        let mut context = concatenate(Axis(0), &contexts).expect("one context shape");
+        let mut pooled = concatenate(Axis(0), &pooled).expect("one pooled shape");
+        let mut lq = z_lq.to_owned();
+        if guided {
+            context = concatenate![Axis(0), context, Array3::zeros(context.raw_dim())];
+            pooled = concatenate![Axis(0), pooled, Array2::zeros(pooled.raw_dim())];
+            lq = concatenate![Axis(0), lq, z_lq];
+        }
+        let graph = self.graph(Role::Transformer);
+        let timer = call.counted();
+        Ok(StepInputs {
+            samples: conditions.len(),
+            lq_latent: graph.resident("lq_latent", lq.into_dyn().view(), timer)?,
+            context: graph.resident("encoder_hidden_states", context.into_dyn().view(), timer)?,
+            pooled: graph.resident("pooled_projections", pooled.into_dyn().view(), timer)?,
+        })
+    }
+
+    /// The guided velocity of a batch of samples `z` (B, C, h, w) at `sigma`, with the batch's [`StepInputs`].
     /// With guidance > 1 the batch is doubled with all-zero prompts and `v_u + g (v_c - v_u)` returned.
     pub(crate) fn velocity(
         &self,
         z: ArrayView4<'_, f32>,
-        z_lq: ArrayView4<'_, f32>,
-        conditions: &[&Conditioning],
+        fixed: &StepInputs,
         sigma: f32,
         settings: &Settings,
         call: &Call,
     ) -> Result<Array4<f32>> {
         let guided = settings.guidance > 1.0;
-        let n = conditions.len();
-        let contexts: Vec<_> = conditions.iter().map(|c| c.context.view()).collect();
-        let pooled: Vec<_> = conditions.iter().map(|c| c.pooled.view()).collect();
-        let mut context = concatenate(Axis(0), &contexts).expect("one context shape");
-        let mut pooled = concatenate(Axis(0), &pooled).expect("one pooled shape");
-        let (mut z_in, mut lq_in) = (z.to_owned(), z_lq.to_owned());
-        if guided {
-            context = concatenate![Axis(0), context, Array3::zeros(context.raw_dim())];
-            pooled = concatenate![Axis(0), pooled, Array2::zeros(pooled.raw_dim())];
-            z_in = concatenate![Axis(0), z_in, z];
-            lq_in = concatenate![Axis(0), lq_in, z_lq];
-        }
+        let n = fixed.samples;
+        let z_in = if guided { concatenate![Axis(0), z, z] } else { z.to_owned() };
         let timestep = Array1::from_elem(z_in.dim().0, sigma * 1000.0);
         let before = call.timer.total();
-        let out = self.graph(Role::Transformer).run(
+        let out = self.graph(Role::Transformer).run_resident(
+            &[("hidden_states", z_in.view().into_dyn()), ("timestep", timestep.view().into_dyn())],
             &[
-                ("hidden_states", z_in.view().into_dyn()),
-                ("timestep", timestep.view().into_dyn()),
-                ("lq_latent", lq_in.view().into_dyn()),
-                ("encoder_hidden_states", context.view().into_dyn()),
-                ("pooled_projections", pooled.view().into_dyn()),
+                ("lq_latent", &fixed.lq_latent),
+                ("encoder_hidden_states", &fixed.context),
+                ("pooled_projections", &fixed.pooled),
             ],
             &["velocity"],
             call.counted(),
@@ -744,6 +793,15 @@ impl<'a> Call<'a> {
             tiles: self.tiles.get(),
         }
     }
+}
+
+/// What [`Restorer::step_inputs`] prepares for a batch's denoising steps.
+pub(crate) struct StepInputs {
+    /// Samples in the batch, before guidance doubles it.
+    samples: usize,
+    lq_latent: Resident,
+    context: Resident,
+    pooled: Resident,
 }
 
 fn bad_rank(name: &str) -> Error {

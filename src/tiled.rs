@@ -18,7 +18,7 @@ use crate::source::{FrameSource, Sink, Upsampling};
 
 /// Latent samples of context given to the VAE beyond a tile's edge (where the frame goes on), so its receptive
 /// field sees real neighbours instead of padding. A multiple of every patch size in use.
-const VAE_MARGIN: usize = 8;
+pub(crate) const VAE_MARGIN: usize = 8;
 
 /// What to render: a rectangle of the output frame read from `source`, with the global prompt from `context`
 /// (or `source` itself).
@@ -367,10 +367,11 @@ impl Engine<'_> {
         self.report(Stage::Prompt, 0, index)?;
         let condition = self.condition(tile, &lq, lq_rect, &z_lq)?;
         let mut z = self.start_noise(tile.latent)?;
+        let fixed = self.restorer.step_inputs(z_lq.view(), &[&condition], self.settings, self.call)?;
         let sigmas = schedule::sigmas(&self.restorer.manifest().scheduler, self.settings.steps);
         for (step, pair) in sigmas.windows(2).enumerate() {
             self.report(Stage::Sample, step, index)?;
-            let v = self.restorer.velocity(z.view(), z_lq.view(), &[&condition], pair[0], self.settings, self.call)?;
+            let v = self.restorer.velocity(z.view(), &fixed, pair[0], self.settings, self.call)?;
             euler_step(&mut z, &v, pair[1] - pair[0], step)?;
         }
         self.report(Stage::Decode, self.settings.steps, index)?;
@@ -417,25 +418,32 @@ impl Engine<'_> {
                 Array2::from_shape_fn((gy.len(), gx.len()), |(y, x)| gy[y] * gx[x])
             })
             .collect();
+        // The tiles of a transformer call, stacked along the batch axis.
+        let stack = |array: &Array4<f32>, batch: &[Tile]| {
+            let views: Vec<_> = batch
+                .iter()
+                .map(|t| array.slice(s![.., .., at(t).y..at(t).bottom(), at(t).x..at(t).right()]))
+                .collect();
+            ndarray::concatenate(Axis(0), &views).expect("tiles share one size")
+        };
+        let fixed = grid
+            .chunks(self.settings.batch)
+            .zip(conditions.chunks(self.settings.batch))
+            .map(|(batch, conds)| {
+                let conds: Vec<&Conditioning> = conds.iter().collect();
+                self.restorer.step_inputs(stack(&z_lq, batch).view(), &conds, self.settings, self.call)
+            })
+            .collect::<Result<Vec<_>>>()?;
         for (step, pair) in sigmas.windows(2).enumerate() {
             let mut v_sum = Array4::<f32>::zeros(latent_shape);
             let mut w_sum = Array2::<f32>::zeros((window_rect.height, window_rect.width));
             let mut single = None;
             for (batch_index, batch) in grid.chunks(self.settings.batch).enumerate() {
                 self.report(Stage::Sample, step, batch_index * self.settings.batch)?;
-                let stack = |array: &Array4<f32>| {
-                    let views: Vec<_> = batch
-                        .iter()
-                        .map(|t| array.slice(s![.., .., at(t).y..at(t).bottom(), at(t).x..at(t).right()]))
-                        .collect();
-                    ndarray::concatenate(Axis(0), &views).expect("tiles share one size")
-                };
                 let first = batch_index * self.settings.batch;
-                let conds: Vec<&Conditioning> = conditions[first..first + batch.len()].iter().collect();
                 let v = self.restorer.velocity(
-                    stack(&z).view(),
-                    stack(&z_lq).view(),
-                    &conds,
+                    stack(&z, batch).view(),
+                    &fixed[batch_index],
                     pair[0],
                     self.settings,
                     self.call,

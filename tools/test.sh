@@ -3,7 +3,7 @@
 # committed fixtures regenerate byte for byte, runs the fixture and reference-pipeline self-checks, the Rust unit
 # and integration tests, the C ABI (header, installed libraries, C and C++ tests, valgrind, AddressSanitizer,
 # libFuzzer), the GIMP and OpenFX plug-ins in real hosts (a Debian forky chroot; needs root), and the converter
-# on tiny models of the real PyTorch classes.
+# on tiny models of the real PyTorch classes, and rehearses the GPU kit (tools/device) offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -152,7 +152,7 @@ print("transformer.onnx at opset 23: one Attention op per joint block")
 PY
 echo "== GPU benchmark script (tools/bench/gpu.py), its CPU path on the tiny fp16 bundle (timings not checked)"
 $xpy tools/bench/gpu.py --device cpu --ep cpu --bundle "$xdir/tiny-fp16" --models "$m" --size 96 --steps 3 \
-    --runs 1 --onnxruntime-gpu build/onnxruntime/lib --json "$xdir/gpu.json"
+    --runs 1 --tiled-size 0 --check-size 0 --onnxruntime-gpu build/onnxruntime/lib --json "$xdir/gpu.json"
 $xpy - "$xdir/gpu.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -160,3 +160,8 @@ diff = report["rust_tiny-fp16"]["vs_pytorch"]["max_abs"]
 assert diff < 0.05, f"Rust fp16 and PyTorch bf16 differ by {diff}"
 print(f"Rust fp16 vs PyTorch bf16 on the tiny models: max abs {diff:.2e} (< 0.05)")
 PY
+
+# The GPU kit (tools/device): its calls played offline under the device's constraints (fresh tree, no network, no
+# Rust, Python 3.12 with the device's package versions, CPU provider, tiny models). About 3 minutes.
+echo "== GPU kit rehearsal (tools/device/rehearse.sh)"
+bash tools/device/rehearse.sh

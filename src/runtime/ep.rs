@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatch, TensorRT, CUDA};
 
+use super::tensorrt::{self, GraphHints};
+
 /// Where the graphs run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -18,14 +20,16 @@ pub enum ExecutionProvider {
         /// CUDA device ordinal.
         device: i32,
     },
-    /// NVIDIA TensorRT on the given device, optionally in fp16, caching built engines in `engine_cache`.
-    /// Needs `libonnxruntime_providers_tensorrt.so` and TensorRT 10 (`libnvinfer`).
+    /// NVIDIA TensorRT on the given device, optionally in fp16, with CUDA for what TensorRT cannot run. Engines
+    /// and TensorRT's timing cache persist under `engine_cache` (default `$XDG_CACHE_HOME/dpir/tensorrt`), in a
+    /// folder per bundle, GPU, TensorRT version and input shapes. Needs `libonnxruntime_providers_tensorrt.so`
+    /// and TensorRT 10 (`libnvinfer`).
     TensorRt {
         /// CUDA device ordinal.
         device: i32,
         /// Build fp16 engines.
         fp16: bool,
-        /// Directory where built engines are cached (building takes minutes).
+        /// Root folder of the engine cache; `None` for the per-user default.
         engine_cache: Option<PathBuf>,
     },
     /// The best provider that registers: TensorRT, then CUDA (device 0), then CPU.
@@ -60,22 +64,34 @@ impl ExecutionProvider {
         }
     }
 
-    /// The ONNX Runtime dispatch for this provider, set to fail loudly (no silent CPU fallback).
-    pub(crate) fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
+    /// Whether this provider runs the graphs on an NVIDIA GPU.
+    pub(crate) fn is_gpu(&self) -> bool {
+        matches!(self, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. })
+    }
+
+    /// The ONNX Runtime providers to register for one graph, in order, each set to fail loudly (no silent CPU
+    /// fallback); none for the CPU. TensorRT comes with CUDA behind it, which runs what TensorRT cannot.
+    pub(crate) fn dispatch(&self, hints: &GraphHints) -> Vec<ExecutionProviderDispatch> {
         match self {
-            ExecutionProvider::Cpu | ExecutionProvider::Auto => None,
-            ExecutionProvider::Cuda { device } => {
-                let cuda = cuda_options(*device)
-                    .into_iter()
-                    .fold(CUDA::default(), |cuda, (key, value)| cuda.with_arbitrary_config(key, value));
-                Some(cuda.build().error_on_failure())
-            }
+            ExecutionProvider::Cpu | ExecutionProvider::Auto => vec![],
+            ExecutionProvider::Cuda { device } => vec![cuda(*device)],
             ExecutionProvider::TensorRt { device, fp16, engine_cache } => {
-                let mut trt = TensorRT::default().with_device_id(*device).with_fp16(*fp16);
-                if let Some(dir) = engine_cache {
-                    trt = trt.with_engine_cache(true).with_engine_cache_path(dir.display());
+                let root = engine_cache.clone().unwrap_or_else(tensorrt::default_cache_root);
+                let platform = tensorrt::platform(*device);
+                let (options, folder) = tensorrt::options(*device, *fp16, &root, hints, &platform);
+                if !platform.ends_with("trt-unknown") && !tensorrt::has_engine(&folder) {
+                    eprintln!(
+                        "dpir: TensorRT is building an engine for this GPU into {}: several minutes for the \
+                         transformer, once; later loads take seconds",
+                        folder.display()
+                    );
                 }
-                Some(trt.build().error_on_failure())
+                // ONNX Runtime reports a folder it cannot write; creating it here is only a convenience.
+                let _ = std::fs::create_dir_all(&folder);
+                let trt = options
+                    .into_iter()
+                    .fold(TensorRT::default(), |trt, (key, value)| trt.with_arbitrary_config(key, value));
+                vec![trt.build().error_on_failure(), cuda(*device)]
             }
         }
     }
@@ -92,6 +108,13 @@ impl ExecutionProvider {
             _ => None,
         }
     }
+}
+
+fn cuda(device: i32) -> ExecutionProviderDispatch {
+    let cuda = cuda_options(device)
+        .into_iter()
+        .fold(CUDA::default(), |cuda, (key, value)| cuda.with_arbitrary_config(key, value));
+    cuda.build().error_on_failure()
 }
 
 /// The CUDA provider's options, as ONNX Runtime names them, each chosen for how dpir runs its graphs.
@@ -148,6 +171,7 @@ mod tests {
         assert_eq!(get("cudnn_conv_algo_search"), Some("HEURISTIC"));
         assert_eq!(get("arena_extend_strategy"), Some("kSameAsRequested"));
         assert_eq!(get("use_tf32"), Some("1"));
-        assert!(ExecutionProvider::Cuda { device: 1 }.dispatch().is_some());
+        assert_eq!(ExecutionProvider::Cuda { device: 1 }.dispatch(&GraphHints::default()).len(), 1);
+        assert!(ExecutionProvider::Cpu.dispatch(&GraphHints::default()).is_empty());
     }
 }

@@ -4,18 +4,21 @@
 mod cuda;
 mod ep;
 mod library;
+mod tensorrt;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use half::{bf16, f16};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use ort::memory::AllocationDevice;
 use ort::session::SessionInputValue;
 use ort::session::{builder::GraphOptimizationLevel, Session};
-use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 
 pub use ep::ExecutionProvider;
+pub(crate) use tensorrt::{bundle_key, GraphHints, Profile, ProfileInput};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +47,8 @@ pub struct TensorInfo {
 /// One loaded ONNX graph. Runs are serialised per graph (ONNX Runtime parallelises inside each run).
 pub(crate) struct Graph {
     file: PathBuf,
+    /// The CUDA device the graph runs on, for GPU providers: where resident inputs are kept.
+    device: Option<i32>,
     session: Mutex<Session>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
@@ -59,13 +64,13 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Loads ONNX Runtime and settles the execution provider by building a session for `probe_graph` with each
     /// candidate in turn. Returns the runtime and that first session.
-    pub(crate) fn new(options: &RuntimeOptions, probe_graph: &Path) -> Result<(Runtime, Graph)> {
+    pub(crate) fn new(options: &RuntimeOptions, probe_graph: &Path, hints: &GraphHints) -> Result<(Runtime, Graph)> {
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
         let mut last_error = None;
         for provider in options.execution_provider.attempts() {
-            let needs_cuda = matches!(provider, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. });
-            let loaded = if needs_cuda { cuda::ensure_loaded().map_err(RegisterError::Provider) } else { Ok(()) };
-            match loaded.and_then(|()| Graph::load(probe_graph, &provider, options.threads)) {
+            let loaded =
+                if provider.is_gpu() { cuda::ensure_loaded().map_err(RegisterError::Provider) } else { Ok(()) };
+            match loaded.and_then(|()| Graph::load(probe_graph, &provider, options.threads, hints)) {
                 Ok(graph) => {
                     let runtime = Runtime { library, provider, threads: options.threads };
                     return Ok((runtime, graph));
@@ -85,8 +90,8 @@ impl Runtime {
         Err(last_error.expect("CPU is the last attempt of every choice and reports other errors"))
     }
 
-    pub(crate) fn load(&self, file: &Path) -> Result<Graph> {
-        Graph::load(file, &self.provider, self.threads).map_err(|e| match e {
+    pub(crate) fn load(&self, file: &Path, hints: &GraphHints) -> Result<Graph> {
+        Graph::load(file, &self.provider, self.threads, hints).map_err(|e| match e {
             RegisterError::Provider(reason) => Error::ExecutionProvider { provider: self.provider.to_string(), reason },
             RegisterError::Other(error) => error,
         })
@@ -98,7 +103,12 @@ enum RegisterError {
     Other(Error),
 }
 
-fn build_session(file: &Path, provider: &ExecutionProvider, threads: usize) -> ort::Result<Session> {
+fn build_session(
+    file: &Path,
+    provider: &ExecutionProvider,
+    threads: usize,
+    hints: &GraphHints,
+) -> ort::Result<Session> {
     let mut builder =
         Session::builder(library::environment())?.with_optimization_level(GraphOptimizationLevel::Level3)?;
     if threads > 0 {
@@ -108,21 +118,28 @@ fn build_session(file: &Path, provider: &ExecutionProvider, threads: usize) -> o
     // they only hold memory: a 512x512 restore with the full-size transformer peaked at 14.5 GiB with them and
     // 12.5 GiB without, in the same time.
     builder = builder.with_memory_pattern(false)?;
-    if let Some(dispatch) = provider.dispatch() {
-        builder = builder.with_execution_providers([dispatch])?;
+    if provider.is_gpu() {
+        // On a GPU the CPU thread pool only runs shape arithmetic; its threads would otherwise spin between runs
+        // on the cores that do dpir's own work between steps and around the model (conversions, colour fix).
+        builder = builder.with_intra_op_spinning(false)?.with_execution_providers(provider.dispatch(hints))?;
     }
     builder.commit_from_file(file)
 }
 
 impl Graph {
-    fn load(file: &Path, provider: &ExecutionProvider, threads: usize) -> Result<Graph, RegisterError> {
+    fn load(
+        file: &Path,
+        provider: &ExecutionProvider,
+        threads: usize,
+        hints: &GraphHints,
+    ) -> Result<Graph, RegisterError> {
         if !file.is_file() {
             return Err(RegisterError::Other(Error::bundle(file, "file is missing")));
         }
-        let session = build_session(file, provider, threads).map_err(|e| {
+        let session = build_session(file, provider, threads, hints).map_err(|e| {
             let message = e.to_string();
             // Registration failures name the provider; anything else is about the graph itself.
-            if provider.dispatch().is_some() && mentions_provider(&message) {
+            if provider.is_gpu() && mentions_provider(&message) {
                 RegisterError::Provider(message)
             } else {
                 RegisterError::Other(Error::Onnx { graph: file.display().to_string(), message })
@@ -130,7 +147,11 @@ impl Graph {
         })?;
         let inputs = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
-        Ok(Graph { file: file.to_path_buf(), session: Mutex::new(session), inputs, outputs })
+        let device = match provider {
+            ExecutionProvider::Cuda { device } | ExecutionProvider::TensorRt { device, .. } => Some(*device),
+            _ => None,
+        };
+        Ok(Graph { file: file.to_path_buf(), device, session: Mutex::new(session), inputs, outputs })
     }
 
     pub(crate) fn file(&self) -> &Path {
@@ -153,7 +174,46 @@ impl Graph {
         outputs: &[&str],
         timer: &SessionTimer,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.run_with(inputs, outputs, timer, |views| Ok(views.iter().map(|v| v.clone().into_owned()).collect()))
+        self.run_resident(inputs, &[], outputs, timer)
+    }
+
+    /// Like [`Graph::run`], with some inputs already [`Resident`].
+    pub(crate) fn run_resident(
+        &self,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+        resident: &[(&str, &Resident)],
+        outputs: &[&str],
+        timer: &SessionTimer,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.run_values(inputs, resident, outputs, timer, |views| {
+            Ok(views.iter().map(|v| v.clone().into_owned()).collect())
+        })
+    }
+
+    /// Converts an input that many runs share (the prompts and the LQ latent across a tile's denoising steps) to
+    /// the graph's element type once and, on a GPU provider, copies it into device memory once, so that no run
+    /// converts or uploads it again. The copy counts as time inside ONNX Runtime.
+    pub(crate) fn resident(&self, name: &str, array: ArrayViewD<'_, f32>, timer: &SessionTimer) -> Result<Resident> {
+        let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
+        let info = self.input(name).map_err(fail)?;
+        let array = array.as_standard_layout();
+        let data = array.as_slice().expect("standard layout");
+        let shape = array.shape().to_vec();
+        let on_host = match info.element.as_str() {
+            "float16" => Tensor::from_array((shape, to_f16(data))).map(Tensor::upcast),
+            "bfloat16" => Tensor::from_array((shape, to_bf16(data))).map(Tensor::upcast),
+            _ => Tensor::from_array((shape, data.to_vec())).map(Tensor::upcast),
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        let Some(device) = self.device else { return Ok(Resident(on_host)) };
+        let started = Instant::now();
+        let on_device = on_host.to(AllocationDevice::CUDA, device).map_err(|e| fail(format!("input `{name}`: {e}")));
+        timer.add(started.elapsed());
+        Ok(Resident(on_device?))
+    }
+
+    fn input(&self, name: &str) -> std::result::Result<&TensorInfo, String> {
+        self.inputs.iter().find(|i| i.name == name).ok_or_else(|| format!("graph has no input `{name}`"))
     }
 
     /// Like [`Graph::run`], but hands `read` the outputs where ONNX Runtime left them (f32 graphs), so a
@@ -165,19 +225,30 @@ impl Graph {
         timer: &SessionTimer,
         read: impl FnOnce(&[CowArray<'_, f32, IxDyn>]) -> Result<R>,
     ) -> Result<R> {
+        self.run_values(inputs, &[], outputs, timer, read)
+    }
+
+    fn run_values<R>(
+        &self,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+        resident: &[(&str, &Resident)],
+        outputs: &[&str],
+        timer: &SessionTimer,
+        read: impl FnOnce(&[CowArray<'_, f32, IxDyn>]) -> Result<R>,
+    ) -> Result<R> {
         let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
         // f32 inputs are handed over in place; other element types are converted.
         let contiguous: Vec<_> = inputs.iter().map(|(_, array)| array.as_standard_layout()).collect();
-        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len() + resident.len());
         for ((name, _), array) in inputs.iter().zip(&contiguous) {
-            let info = self
-                .inputs
-                .iter()
-                .find(|i| i.name == *name)
-                .ok_or_else(|| fail(format!("graph has no input `{name}`")))?;
+            let info = self.input(name).map_err(fail)?;
             let data = array.as_slice().expect("standard layout");
             let value = to_value(array.shape(), data, &info.element).map_err(|e| fail(e.to_string()))?;
             values.push((name.to_string(), value));
+        }
+        for (name, value) in resident {
+            self.input(name).map_err(fail)?;
+            values.push((name.to_string(), SessionInputValue::from(&value.0)));
         }
         let mut session = self.session.lock();
         let started = Instant::now();
@@ -216,6 +287,10 @@ impl Graph {
         Ok(from_value(value).map_err(|e| fail(format!("output `{output}`: {e}")))?.into_owned())
     }
 }
+
+/// An input prepared once for many runs of one graph ([`Graph::resident`]): in the graph's element type, and in
+/// device memory on a GPU provider.
+pub(crate) struct Resident(DynTensor);
 
 /// Accumulates wall time spent inside session runs, for the overhead figures of the benchmark.
 #[derive(Debug, Default)]
@@ -259,10 +334,24 @@ fn element_name(element: TensorElementType) -> &'static str {
 fn to_value<'a>(shape: &[usize], data: &'a [f32], element: &str) -> ort::Result<SessionInputValue<'a>> {
     let shape = shape.to_vec();
     Ok(match element {
-        "float16" => Tensor::from_array((shape, data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()))?.into(),
-        "bfloat16" => Tensor::from_array((shape, data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>()))?.into(),
+        "float16" => Tensor::from_array((shape, to_f16(data)))?.into(),
+        "bfloat16" => Tensor::from_array((shape, to_bf16(data)))?.into(),
         _ => TensorRef::from_array_view((shape, data))?.into(),
     })
+}
+
+// Whole-slice conversions: `half` converts them with the CPU's vector instructions where it has them (F16C),
+// several times faster than one value at a time.
+fn to_f16(data: &[f32]) -> Vec<f16> {
+    let mut out = vec![f16::ZERO; data.len()];
+    out.convert_from_f32_slice(data);
+    out
+}
+
+fn to_bf16(data: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; data.len()];
+    out.convert_from_f32_slice(data);
+    out
 }
 
 fn from_value(value: &DynValue) -> ort::Result<CowArray<'_, f32, IxDyn>> {
@@ -272,11 +361,11 @@ fn from_value(value: &DynValue) -> ort::Result<CowArray<'_, f32, IxDyn>> {
     Ok(match value.dtype().tensor_type() {
         Some(TensorElementType::Float16) => {
             let (shape, data) = value.try_extract_tensor::<f16>()?;
-            converted(shape, data.iter().map(|x| x.to_f32()).collect())
+            converted(shape, data.to_f32_vec())
         }
         Some(TensorElementType::Bfloat16) => {
             let (shape, data) = value.try_extract_tensor::<bf16>()?;
-            converted(shape, data.iter().map(|x| x.to_f32()).collect())
+            converted(shape, data.to_f32_vec())
         }
         _ => CowArray::from(value.try_extract_array::<f32>()?),
     })

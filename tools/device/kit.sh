@@ -8,6 +8,9 @@
 #   bash tools/device/kit.sh wait                  say how the background conversion is doing
 #   bash tools/device/kit.sh measure               reassemble and check the payload, wait for the bundles, run
 #                                                  tools/bench/gpu.py; gpu.json and the logs go to $OUT
+#   bash tools/device/kit.sh quick                 reassemble and check the payload, then check the runtime's CUDA
+#                                                  path on the repository's small bundles (no conversion, about a
+#                                                  minute; the parts come with `wait` calls, not `begin`)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 work=build/device
@@ -17,22 +20,47 @@ export PYTHONUNBUFFERED=1
 # Seconds `measure` waits for the bundles; the device tool's call limit is 600 s in all.
 bundles_wait=${DPIR_KIT_BUNDLES_WAIT:-330}
 
-# Moves the carried parts into build/device/parts, which no later call's copy of the tree can touch.
+# Moves the carried parts and wheels into build/device, which no later call's copy of the tree can touch.
 collect_parts() {
-    mkdir -p $work/parts
-    for part in .kit/*/payload.*; do
-        [ -e "$part" ] && mv "$part" $work/parts/
+    mkdir -p $work/parts $work/wheels
+    for part in .kit/*/payload.* .kit/*/wheels/*.whl; do
+        [ -e "$part" ] || continue
+        case "$part" in
+        *.whl) mv "$part" $work/wheels/ ;;
+        *) mv "$part" $work/parts/ ;;
+        esac
     done
     echo "payload parts here: $(cd $work/parts && echo payload.part-*)"
 }
 
+# Installs the carried wheels (the converter's missing packages) into build/device/site.
+install_wheels() {
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $work/site \
+        $work/wheels/*.whl
+}
+
 progress() {
-    if [ -f $work/converted ]; then
+    if [ ! -f $work/started ]; then
+        echo "bundles: none being made"
+    elif [ -f $work/converted ]; then
         echo "bundles: done (status $(cat $work/converted)) after $(cat $work/converted-after) s"
     else
         echo "bundles: in progress for $(($(date +%s) - $(cat $work/started))) s"
     fi
     tail -n 3 $work/convert.log 2>/dev/null | sed 's/^/  | /'
+}
+
+# Joins the carried parts, checks them against the sha256 made with them and unpacks the payload.
+unpack() {
+    echo "== payload"
+    collect_parts
+    cat $work/parts/payload.part-* >$work/payload.tar.xz
+    (cd $work && sha256sum -c parts/payload.sha256) || return 1
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(".", filter="tar")' \
+        $work/payload.tar.xz || return 1
+    rm $work/payload.tar.xz
+    ls -l target/release/dpir build/onnxruntime*/lib/
+    if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
 }
 
 case "${1:-}" in
@@ -42,15 +70,14 @@ begin)
     if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi >$work/args
     date +%s >$work/started
     rm -f $work/converted
-    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $work/site \
-        .kit/1/wheels/*.whl || exit 1
+    collect_parts
+    install_wheels || exit 1
     python3 -c 'import torch, diffusers, transformers, onnx, onnxscript, numpy
 print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "diffusers", diffusers.__version__,
       "transformers", transformers.__version__, "onnx", onnx.__version__, "onnxscript", onnxscript.__version__,
       "numpy", numpy.__version__)
 print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")' || exit 1
     nproc && free -g | head -n 2 && df -h . | tail -n 1
-    collect_parts
     # A new session, so that the conversions outlive this call.
     setsid nohup bash tools/device/kit.sh convert >$work/convert.log 2>&1 </dev/null &
     sleep 5
@@ -72,15 +99,7 @@ measure)
     out=${OUT:?the device tool sets OUT}
     log=$out/gpu.log
     {
-        echo "== payload"
-        collect_parts
-        cat $work/parts/payload.part-* >$work/payload.tar.xz
-        (cd $work && sha256sum -c parts/payload.sha256) || exit 1
-        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(".", filter="tar")' \
-            $work/payload.tar.xz || exit 1
-        rm $work/payload.tar.xz
-        ls -l target/release/dpir build/onnxruntime*/lib/
-        command -v nvidia-smi >/dev/null && nvidia-smi
+        unpack || exit 1
         echo "== bundles"
         for _ in $(seq "$bundles_wait"); do
             [ -f $work/converted ] && break
@@ -95,8 +114,18 @@ measure)
     } 2>&1 | tee "$log"
     exit "${PIPESTATUS[0]}"
     ;;
+quick)
+    out=${OUT:?the device tool sets OUT}
+    {
+        unpack || exit 1
+        if ls $work/wheels/*.whl >/dev/null 2>&1; then install_wheels || exit 1; fi
+        echo "== the runtime on CUDA against the CPU, the repository's bundles"
+        python3 tools/device/quick.py --json "$out/quick.json"
+    } 2>&1 | tee "$out/quick.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
 *)
-    echo "usage: $0 begin [GPU.PY ARGS] | wait | measure" >&2
+    echo "usage: $0 begin [GPU.PY ARGS] | wait | measure | quick" >&2
     exit 2
     ;;
 esac
