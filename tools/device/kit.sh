@@ -42,12 +42,13 @@ install_wheels() {
 progress() {
     if [ ! -f $work/started ]; then
         echo "bundles: none being made"
+        return
     elif [ -f $work/converted ]; then
         echo "bundles: done (status $(cat $work/converted)) after $(cat $work/converted-after) s"
     else
         echo "bundles: in progress for $(($(date +%s) - $(cat $work/started))) s"
     fi
-    tail -n 3 $work/convert.log 2>/dev/null | sed 's/^/  | /'
+    tail -n 3 $work/convert.log | sed 's/^/  | /'
 }
 
 # Joins the carried parts, checks them against the sha256 made with them and unpacks the payload.
