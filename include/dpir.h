@@ -453,8 +453,9 @@ typedef struct dpir_load_options {
      */
     uint32_t tensorrt_fp16;
     /**
-     * Directory where built TensorRT engines are cached, or NULL (default) for no cache. No effect on other
-     * providers. Copied during the call.
+     * Root folder of the TensorRT engine and timing caches, or NULL (default) for the per-user folder
+     * `$XDG_CACHE_HOME/dpir/tensorrt` (`~/.cache/dpir/tensorrt`). No effect on other providers. Copied during
+     * the call.
      */
     const char *tensorrt_engine_cache;
 } dpir_load_options;

@@ -35,6 +35,9 @@ struct ModelArgs {
     /// Path of libonnxruntime.so (default: search; see README).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// On CUDA and TensorRT, the most GPU memory each graph's arena may take, in GiB (default: no limit).
+    #[arg(long, value_parser = parse_gib)]
+    gpu_memory_limit: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +146,13 @@ fn parse_provider(text: &str) -> Result<ExecutionProvider, String> {
         .ok_or_else(|| format!("unknown execution provider {text:?}; use cpu, cuda[:N], tensorrt[:N] or auto"))
 }
 
+fn parse_gib(text: &str) -> Result<usize, String> {
+    match text.parse::<f64>() {
+        Ok(gib) if gib.is_finite() && gib > 0.0 && gib < 1e6 => Ok((gib * (1u64 << 30) as f64) as usize),
+        _ => Err(format!("expected a positive number of GiB, got {text:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,8 +180,12 @@ fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
 
 fn load(args: ModelArgs) -> dpir::Result<Restorer> {
     let dir = bundle_dir(args.model);
-    let options =
-        RuntimeOptions { onnxruntime_library: args.ort_lib, execution_provider: args.ep, threads: args.threads };
+    let options = RuntimeOptions {
+        onnxruntime_library: args.ort_lib,
+        execution_provider: args.ep,
+        threads: args.threads,
+        gpu_memory_limit: args.gpu_memory_limit,
+    };
     Restorer::load(dir, &options)
 }
 

@@ -116,8 +116,9 @@ pub struct dpir_load_options {
     pub threads: u32,
     /// Nonzero (default 1) builds fp16 TensorRT engines. No effect on other providers.
     pub tensorrt_fp16: u32,
-    /// Directory where built TensorRT engines are cached, or NULL (default) for no cache. No effect on other
-    /// providers. Copied during the call.
+    /// Root folder of the TensorRT engine and timing caches, or NULL (default) for the per-user folder
+    /// `$XDG_CACHE_HOME/dpir/tensorrt` (`~/.cache/dpir/tensorrt`). No effect on other providers. Copied during
+    /// the call.
     pub tensorrt_engine_cache: *const c_char,
 }
 
@@ -308,6 +309,8 @@ pub(crate) unsafe fn runtime_options(ptr: *const dpir_load_options) -> Outcome<R
         onnxruntime_library: optional_path(options.onnxruntime_library, "onnxruntime_library")?,
         execution_provider,
         threads: options.threads as usize,
+        // Not among the C options yet: a new field changes the ABI.
+        gpu_memory_limit: None,
     })
 }
 

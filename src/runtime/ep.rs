@@ -71,10 +71,10 @@ impl ExecutionProvider {
 
     /// The ONNX Runtime providers to register for one graph, in order, each set to fail loudly (no silent CPU
     /// fallback); none for the CPU. TensorRT comes with CUDA behind it, which runs what TensorRT cannot.
-    pub(crate) fn dispatch(&self, hints: &GraphHints) -> Vec<ExecutionProviderDispatch> {
+    pub(crate) fn dispatch(&self, hints: &GraphHints, memory_limit: Option<usize>) -> Vec<ExecutionProviderDispatch> {
         match self {
             ExecutionProvider::Cpu | ExecutionProvider::Auto => vec![],
-            ExecutionProvider::Cuda { device } => vec![cuda(*device)],
+            ExecutionProvider::Cuda { device } => vec![cuda(*device, memory_limit)],
             ExecutionProvider::TensorRt { device, fp16, engine_cache } => {
                 let root = engine_cache.clone().unwrap_or_else(tensorrt::default_cache_root);
                 let platform = tensorrt::platform(*device);
@@ -91,7 +91,7 @@ impl ExecutionProvider {
                 let trt = options
                     .into_iter()
                     .fold(TensorRT::default(), |trt, (key, value)| trt.with_arbitrary_config(key, value));
-                vec![trt.build().error_on_failure(), cuda(*device)]
+                vec![trt.build().error_on_failure(), cuda(*device, memory_limit)]
             }
         }
     }
@@ -110,16 +110,16 @@ impl ExecutionProvider {
     }
 }
 
-fn cuda(device: i32) -> ExecutionProviderDispatch {
-    let cuda = cuda_options(device)
+fn cuda(device: i32, memory_limit: Option<usize>) -> ExecutionProviderDispatch {
+    let cuda = cuda_options(device, memory_limit)
         .into_iter()
         .fold(CUDA::default(), |cuda, (key, value)| cuda.with_arbitrary_config(key, value));
     cuda.build().error_on_failure()
 }
 
 /// The CUDA provider's options, as ONNX Runtime names them, each chosen for how dpir runs its graphs.
-fn cuda_options(device: i32) -> Vec<(&'static str, String)> {
-    vec![
+fn cuda_options(device: i32, memory_limit: Option<usize>) -> Vec<(&'static str, String)> {
+    let mut options = vec![
         ("device_id", device.to_string()),
         // cuDNN's heuristic instead of the exhaustive default: an exhaustive search runs every convolution algorithm
         // for each new input shape, which a plug-in pays at each new image or tile size, with workspaces that spike
@@ -132,7 +132,11 @@ fn cuda_options(device: i32) -> Vec<(&'static str, String)> {
         // the same choice as PyTorch's cuDNN convolutions in the official pipeline. Its rounding (10-bit mantissa
         // products) is far below the fp16 bundle's own.
         ("use_tf32", "1".to_string()),
-    ]
+    ];
+    if let Some(bytes) = memory_limit {
+        options.push(("gpu_mem_limit", bytes.to_string()));
+    }
+    options
 }
 
 impl fmt::Display for ExecutionProvider {
@@ -165,13 +169,16 @@ mod tests {
 
     #[test]
     fn cuda_options_are_chosen_on_purpose() {
-        let options = cuda_options(1);
+        let options = cuda_options(1, None);
         let get = |key: &str| options.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("device_id"), Some("1"));
         assert_eq!(get("cudnn_conv_algo_search"), Some("HEURISTIC"));
         assert_eq!(get("arena_extend_strategy"), Some("kSameAsRequested"));
         assert_eq!(get("use_tf32"), Some("1"));
-        assert_eq!(ExecutionProvider::Cuda { device: 1 }.dispatch(&GraphHints::default()).len(), 1);
-        assert!(ExecutionProvider::Cpu.dispatch(&GraphHints::default()).is_empty());
+        assert_eq!(get("gpu_mem_limit"), None);
+        let limited = cuda_options(0, Some(6 << 30));
+        assert!(limited.contains(&("gpu_mem_limit", (6usize << 30).to_string())));
+        assert_eq!(ExecutionProvider::Cuda { device: 1 }.dispatch(&GraphHints::default(), None).len(), 1);
+        assert!(ExecutionProvider::Cpu.dispatch(&GraphHints::default(), None).is_empty());
     }
 }

@@ -31,6 +31,10 @@ pub struct RuntimeOptions {
     pub execution_provider: ExecutionProvider,
     /// Intra-op threads per session; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
+    /// On CUDA and TensorRT, the most device memory, in bytes, that each graph's memory arena may take (ONNX
+    /// Runtime's `gpu_mem_limit`; the five graphs have an arena each, and cuDNN's workspaces come on top).
+    /// `None`: no limit. A run that needs more fails with ONNX Runtime's out-of-memory error.
+    pub gpu_memory_limit: Option<usize>,
 }
 
 /// One input or output as the graph declares it. Dynamic axes are `None`.
@@ -58,7 +62,14 @@ pub(crate) struct Graph {
 pub(crate) struct Runtime {
     pub(crate) library: PathBuf,
     pub(crate) provider: ExecutionProvider,
+    sessions: SessionSettings,
+}
+
+/// What every session of a runtime is built with, besides its provider and graph.
+#[derive(Debug, Clone, Copy)]
+struct SessionSettings {
     threads: usize,
+    gpu_memory_limit: Option<usize>,
 }
 
 impl Runtime {
@@ -66,13 +77,14 @@ impl Runtime {
     /// candidate in turn. Returns the runtime and that first session.
     pub(crate) fn new(options: &RuntimeOptions, probe_graph: &Path, hints: &GraphHints) -> Result<(Runtime, Graph)> {
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
+        let sessions = SessionSettings { threads: options.threads, gpu_memory_limit: options.gpu_memory_limit };
         let mut last_error = None;
         for provider in options.execution_provider.attempts() {
             let loaded =
                 if provider.is_gpu() { cuda::ensure_loaded().map_err(RegisterError::Provider) } else { Ok(()) };
-            match loaded.and_then(|()| Graph::load(probe_graph, &provider, options.threads, hints)) {
+            match loaded.and_then(|()| Graph::load(probe_graph, &provider, sessions, hints)) {
                 Ok(graph) => {
-                    let runtime = Runtime { library, provider, threads: options.threads };
+                    let runtime = Runtime { library, provider, sessions };
                     return Ok((runtime, graph));
                 }
                 Err(RegisterError::Provider(reason)) => {
@@ -91,7 +103,7 @@ impl Runtime {
     }
 
     pub(crate) fn load(&self, file: &Path, hints: &GraphHints) -> Result<Graph> {
-        Graph::load(file, &self.provider, self.threads, hints).map_err(|e| match e {
+        Graph::load(file, &self.provider, self.sessions, hints).map_err(|e| match e {
             RegisterError::Provider(reason) => Error::ExecutionProvider { provider: self.provider.to_string(), reason },
             RegisterError::Other(error) => error,
         })
@@ -106,13 +118,13 @@ enum RegisterError {
 fn build_session(
     file: &Path,
     provider: &ExecutionProvider,
-    threads: usize,
+    settings: SessionSettings,
     hints: &GraphHints,
 ) -> ort::Result<Session> {
     let mut builder =
         Session::builder(library::environment())?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    if threads > 0 {
-        builder = builder.with_intra_threads(threads)?;
+    if settings.threads > 0 {
+        builder = builder.with_intra_threads(settings.threads)?;
     }
     // Memory patterns plan one arena block per input shape; with the dynamic spatial axes of every graph here
     // they only hold memory: a 512x512 restore with the full-size transformer peaked at 14.5 GiB with them and
@@ -121,7 +133,8 @@ fn build_session(
     if provider.is_gpu() {
         // On a GPU the CPU thread pool only runs shape arithmetic; its threads would otherwise spin between runs
         // on the cores that do dpir's own work between steps and around the model (conversions, colour fix).
-        builder = builder.with_intra_op_spinning(false)?.with_execution_providers(provider.dispatch(hints))?;
+        let providers = provider.dispatch(hints, settings.gpu_memory_limit);
+        builder = builder.with_intra_op_spinning(false)?.with_execution_providers(providers)?;
     }
     builder.commit_from_file(file)
 }
@@ -130,13 +143,13 @@ impl Graph {
     fn load(
         file: &Path,
         provider: &ExecutionProvider,
-        threads: usize,
+        settings: SessionSettings,
         hints: &GraphHints,
     ) -> Result<Graph, RegisterError> {
         if !file.is_file() {
             return Err(RegisterError::Other(Error::bundle(file, "file is missing")));
         }
-        let session = build_session(file, provider, threads, hints).map_err(|e| {
+        let session = build_session(file, provider, settings, hints).map_err(|e| {
             let message = e.to_string();
             // Registration failures name the provider; anything else is about the graph itself.
             if provider.is_gpu() && mentions_provider(&message) {
