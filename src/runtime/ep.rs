@@ -64,9 +64,17 @@ impl ExecutionProvider {
         }
     }
 
+    /// The CUDA device the graphs run on; `None` for the CPU (and `auto` before it has chosen).
+    pub(crate) fn device(&self) -> Option<i32> {
+        match self {
+            ExecutionProvider::Cuda { device } | ExecutionProvider::TensorRt { device, .. } => Some(*device),
+            ExecutionProvider::Cpu | ExecutionProvider::Auto => None,
+        }
+    }
+
     /// Whether this provider runs the graphs on an NVIDIA GPU.
     pub(crate) fn is_gpu(&self) -> bool {
-        matches!(self, ExecutionProvider::Cuda { .. } | ExecutionProvider::TensorRt { .. })
+        self.device().is_some()
     }
 
     /// The ONNX Runtime providers to register for one graph, in order, each set to fail loudly (no silent CPU
@@ -79,15 +87,18 @@ impl ExecutionProvider {
                 let root = engine_cache.clone().unwrap_or_else(tensorrt::default_cache_root);
                 let platform = tensorrt::platform(*device);
                 let (options, folder) = tensorrt::options(*device, *fp16, &root, hints, &platform);
-                if !platform.ends_with("trt-unknown") && !tensorrt::has_engine(&folder) {
-                    eprintln!(
-                        "dpir: TensorRT is building an engine for this GPU into {}: several minutes for the \
-                         transformer, once; later loads take seconds",
-                        folder.display()
-                    );
+                // Without TensorRT registration fails anyway (or `auto` moves on): no message, no folder.
+                if !platform.ends_with(tensorrt::UNKNOWN_VERSION) {
+                    if !tensorrt::has_engine(&folder) {
+                        eprintln!(
+                            "dpir: TensorRT is building an engine for this GPU into {}: several minutes for the \
+                             transformer, once; later loads take seconds",
+                            folder.display()
+                        );
+                    }
+                    // ONNX Runtime reports a folder it cannot write; creating it here is only a convenience.
+                    let _ = std::fs::create_dir_all(&folder);
                 }
-                // ONNX Runtime reports a folder it cannot write; creating it here is only a convenience.
-                let _ = std::fs::create_dir_all(&folder);
                 let trt = options
                     .into_iter()
                     .fold(TensorRT::default(), |trt, (key, value)| trt.with_arbitrary_config(key, value));

@@ -160,10 +160,7 @@ impl Graph {
         })?;
         let inputs = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
-        let device = match provider {
-            ExecutionProvider::Cuda { device } | ExecutionProvider::TensorRt { device, .. } => Some(*device),
-            _ => None,
-        };
+        let device = provider.device();
         Ok(Graph { file: file.to_path_buf(), device, session: Mutex::new(session), inputs, outputs })
     }
 

@@ -107,14 +107,17 @@ pub(crate) fn bundle_key(dir: &Path, name: &str, dtype: &str, files: &[PathBuf])
     format!("{}-{dtype}-{:016x}", safe_name(name), fnv1a(identity.as_bytes()))
 }
 
+/// What [`platform`] says when libnvinfer cannot be asked: TensorRT is not installed.
+pub(crate) const UNKNOWN_VERSION: &str = "trt-unknown";
+
 /// The GPU and TensorRT in one folder name, e.g. `NVIDIA-H100-80GB-HBM3-trt10.9.0`, asked of the CUDA driver and
-/// of libnvinfer once per process; parts that cannot be asked read `unknown-gpu` / `trt-unknown`.
+/// of libnvinfer once per process; parts that cannot be asked read `unknown-gpu` / [`UNKNOWN_VERSION`].
 pub(crate) fn platform(device: i32) -> String {
     static PLATFORM: OnceLock<String> = OnceLock::new();
     PLATFORM
         .get_or_init(|| {
             let gpu = gpu_name(device).map_or_else(|| "unknown-gpu".to_string(), |name| safe_name(&name));
-            let trt = tensorrt_version().map_or_else(|| "trt-unknown".to_string(), |v| format!("trt{v}"));
+            let trt = tensorrt_version().map_or_else(|| UNKNOWN_VERSION.to_string(), |v| format!("trt{v}"));
             format!("{gpu}-{trt}")
         })
         .clone()
