@@ -5,12 +5,14 @@
 #   bash tools/device/kit.sh begin [GPU.PY ARGS]   install the carried wheels; make and convert the bundles in the
 #                                                  background (tools/bench/gpu.py --prepare-only), which goes on
 #                                                  while the next calls carry the rest of the payload
-#   bash tools/device/kit.sh wait                  say how the background conversion is doing
+#   bash tools/device/kit.sh wait                  keep the part this call carried; say how the conversion is doing
 #   bash tools/device/kit.sh measure               reassemble and check the payload, wait for the bundles, run
 #                                                  tools/bench/gpu.py; gpu.json and the logs go to $OUT
 #   bash tools/device/kit.sh quick                 reassemble and check the payload, then check the runtime's CUDA
-#                                                  path on the repository's small bundles (no conversion, about a
-#                                                  minute; the parts come with `wait` calls, not `begin`)
+#                                                  path on the repository's small bundles (no full-size conversion,
+#                                                  under two minutes; the parts come with `wait` calls, not `begin`)
+#
+# (`convert` is the background job that `begin` starts.)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 work=build/device
