@@ -14,8 +14,14 @@ root=$PWD
 venv=build/device-rehearsal-venv
 stamp=$venv/.requirements
 if ! cmp -s tools/device/rehearsal-requirements.txt "$stamp" 2>/dev/null; then
-    python312=$(command -v python3.12 || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null |
-        tail -n 1)
+    # The first Python 3.12 that runs (a pyenv shim may be on the path without one behind it).
+    python312=""
+    for candidate in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+        if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+            python312=$candidate
+            break
+        fi
+    done
     if [ -z "$python312" ]; then
         python312=python3
         echo "note: no Python 3.12 here (the device's); rehearsing with $(python3 --version)"
