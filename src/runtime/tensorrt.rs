@@ -8,7 +8,8 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 /// The shapes one graph's inputs take in dpir: for each input, its smallest, usual and largest dimensions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,16 +112,18 @@ pub(crate) fn bundle_key(dir: &Path, name: &str, dtype: &str, files: &[PathBuf])
 pub(crate) const UNKNOWN_VERSION: &str = "trt-unknown";
 
 /// The GPU and TensorRT in one folder name, e.g. `NVIDIA-H100-80GB-HBM3-trt10.9.0`, asked of the CUDA driver and
-/// of libnvinfer once per process; parts that cannot be asked read `unknown-gpu` / [`UNKNOWN_VERSION`].
+/// of libnvinfer once per process and device; parts that cannot be asked read `unknown-gpu` /
+/// [`UNKNOWN_VERSION`].
 pub(crate) fn platform(device: i32) -> String {
-    static PLATFORM: OnceLock<String> = OnceLock::new();
-    PLATFORM
-        .get_or_init(|| {
-            let gpu = gpu_name(device).map_or_else(|| "unknown-gpu".to_string(), |name| safe_name(&name));
-            let trt = tensorrt_version().map_or_else(|| UNKNOWN_VERSION.to_string(), |v| format!("trt{v}"));
-            format!("{gpu}-{trt}")
-        })
-        .clone()
+    static PLATFORMS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+    let mut known = PLATFORMS.lock();
+    if let Some((_, name)) = known.iter().find(|(d, _)| *d == device) {
+        return name.clone();
+    }
+    let gpu = gpu_name(device).map_or_else(|| "unknown-gpu".to_string(), |name| safe_name(&name));
+    let trt = tensorrt_version().map_or_else(|| UNKNOWN_VERSION.to_string(), |v| format!("trt{v}"));
+    known.push((device, format!("{gpu}-{trt}")));
+    known.last().expect("just pushed").1.clone()
 }
 
 /// Whether `folder` already holds a built engine.
