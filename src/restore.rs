@@ -575,27 +575,13 @@ impl Restorer {
         }
         let context_margin = options.context_margin.unwrap_or(overlap * m.latent.downscale);
         if matches!(self.runtime.provider, ExecutionProvider::TensorRt { .. }) {
-            // TensorRT engines are built for the shapes of `Manifest::profile`; others would fail mid-restore.
-            let samples = batch * if guidance > 1.0 { 2 } else { 1 };
-            if samples > bundle::TENSORRT_MAX_BATCH {
-                return Err(Error::InvalidOptions(format!(
-                    "on TensorRT a transformer call takes at most {} samples; tile batch {batch}{} makes {samples}",
-                    bundle::TENSORRT_MAX_BATCH,
-                    if guidance > 1.0 { " with guidance" } else { "" }
-                )));
-            }
-            if tile > m.tensorrt_tile() {
-                return Err(Error::InvalidOptions(format!(
-                    "on TensorRT tiles are at most {} latent samples for this model (its engines' shapes), got {tile}",
-                    m.tensorrt_tile()
-                )));
-            }
-            let most = tiled::VAE_MARGIN.max(d.latent_overlap) * m.latent.downscale;
-            if options.tile_mode == TileMode::Joint && context_margin > most {
-                return Err(Error::InvalidOptions(format!(
-                    "on TensorRT the context margin is at most {most} pixels for this model, got {context_margin}"
-                )));
-            }
+            tensorrt_fits(
+                m,
+                tile,
+                batch,
+                guidance > 1.0,
+                (options.tile_mode == TileMode::Joint).then_some(context_margin),
+            )?;
         }
         Ok(Settings {
             scale,
@@ -795,6 +781,33 @@ impl<'a> Call<'a> {
     }
 }
 
+/// Refuses, before any work, what TensorRT engines are not built for (the shapes of `Manifest::profile`), which
+/// would otherwise fail mid-restore: tiles over the default tile, transformer batches over
+/// [`bundle::TENSORRT_MAX_BATCH`] samples, and joint-mode context margins over the VAE's.
+fn tensorrt_fits(m: &Manifest, tile: usize, batch: usize, guided: bool, joint_margin: Option<usize>) -> Result<()> {
+    let samples = batch * if guided { 2 } else { 1 };
+    if samples > bundle::TENSORRT_MAX_BATCH {
+        return Err(Error::InvalidOptions(format!(
+            "on TensorRT a transformer call takes at most {} samples; tile batch {batch}{} makes {samples}",
+            bundle::TENSORRT_MAX_BATCH,
+            if guided { " with guidance" } else { "" }
+        )));
+    }
+    if tile > m.tensorrt_tile() {
+        return Err(Error::InvalidOptions(format!(
+            "on TensorRT tiles are at most {} latent samples for this model (its engines' shapes), got {tile}",
+            m.tensorrt_tile()
+        )));
+    }
+    let most = tiled::VAE_MARGIN.max(m.defaults.latent_overlap) * m.latent.downscale;
+    match joint_margin {
+        Some(margin) if margin > most => Err(Error::InvalidOptions(format!(
+            "on TensorRT the context margin is at most {most} pixels for this model, got {margin}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What [`Restorer::step_inputs`] prepares for a batch's denoising steps.
 pub(crate) struct StepInputs {
     /// Samples in the batch, before guidance doubles it.
@@ -806,4 +819,24 @@ pub(crate) struct StepInputs {
 
 fn bad_rank(name: &str) -> Error {
     Error::BadOutput(format!("output `{name}` has an unexpected rank"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_refuses_shapes_its_engines_are_not_built_for() {
+        let tiny = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny")).unwrap();
+        // tiny: default tile 128 latent samples, overlap 16, downscale 8 (margins up to 128 pixels).
+        assert!(tensorrt_fits(&tiny, 128, 1, true, Some(128)).is_ok());
+        assert!(tensorrt_fits(&tiny, 64, 2, false, None).is_ok());
+        let refused = |result: Result<()>| match result {
+            Err(Error::InvalidOptions(message)) => message,
+            other => panic!("expected an options error, got {other:?}"),
+        };
+        assert!(refused(tensorrt_fits(&tiny, 128, 2, true, None)).contains("makes 4"));
+        assert!(refused(tensorrt_fits(&tiny, 136, 1, false, None)).contains("at most 128 latent samples"));
+        assert!(refused(tensorrt_fits(&tiny, 128, 1, false, Some(136))).contains("at most 128 pixels"));
+    }
 }
