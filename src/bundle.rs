@@ -372,12 +372,13 @@ impl Manifest {
     /// The shapes dpir feeds `role`'s inputs, as a TensorRT optimisation profile. Batches: 1, or up to 2 for
     /// the transformer (guidance doubles it) and up to the CLIP block for the CLIP towers (a crop per global tile
     /// and the local one). Sides, in latent samples: from one patch to the default tile (larger tiles and joint
-    /// tile batches are refused on TensorRT), plus the VAE's margins for the VAE. Engines sized for one pass
-    /// instead would reserve gigabytes for shapes dpir does not feed them by default.
-    pub(crate) fn profile(&self, role: Role) -> Profile {
+    /// tile batches are refused on TensorRT), plus for the VAE the margins the tile engine gives it: `vae_margin`
+    /// latent samples, or the default overlap in joint mode, on each side. Engines sized for one pass instead
+    /// would reserve gigabytes for shapes dpir does not feed them by default.
+    pub(crate) fn profile(&self, role: Role, vae_margin: usize) -> Profile {
         let patch = self.transformer.patch_size;
         let tile = self.tensorrt_tile();
-        let with_margins = tile + 2 * crate::tiled::VAE_MARGIN.max(self.defaults.latent_overlap);
+        let with_margins = tile + 2 * vae_margin.max(self.defaults.latent_overlap);
         let d = self.latent.downscale;
         // (batch, side) as (min, opt, max)
         let (batch, side) = match role {
@@ -499,7 +500,7 @@ mod tests {
         // tiny: 4 latent channels, downscale 8, patch 2, default tile 128 and overlap 16, 12 + 8 context tokens
         // of width 48, pooled width 40, CLIP images of 32 and a block of 12.
         let shapes = |role| {
-            let p = tiny.profile(role);
+            let p = tiny.profile(role, 8);
             p.inputs.into_iter().map(|i| (i.name, i.min, i.opt, i.max)).collect::<Vec<_>>()
         };
         let s = |name: &str, min: &[usize], opt: &[usize], max: &[usize]| {
@@ -524,6 +525,6 @@ mod tests {
             shapes(Role::ClipLocal),
             vec![s("pixel_values", &[1, 3, 32, 32], &[1, 3, 32, 32], &[12, 3, 32, 32])]
         );
-        assert_eq!(tiny.profile(Role::ClipGlobal), tiny.profile(Role::ClipLocal));
+        assert_eq!(tiny.profile(Role::ClipGlobal, 8), tiny.profile(Role::ClipLocal, 8));
     }
 }

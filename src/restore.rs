@@ -333,7 +333,10 @@ impl Restorer {
         }
         let files: Vec<PathBuf> = Role::ALL.iter().map(|role| dir.join(role.file_name())).collect();
         let bundle_key = runtime::bundle_key(&dir, &manifest.name, &manifest.dtype, &files);
-        let hints = |role: Role| GraphHints { profile: manifest.profile(role), bundle_key: bundle_key.clone() };
+        let hints = |role: Role| GraphHints {
+            profile: manifest.profile(role, tiled::VAE_MARGIN),
+            bundle_key: bundle_key.clone(),
+        };
         let (runtime, transformer) =
             Runtime::new(options, &dir.join(Role::Transformer.file_name()), &hints(Role::Transformer))?;
         let load = |role: Role| runtime.load(&dir.join(role.file_name()), &hints(role));
