@@ -208,13 +208,7 @@ impl Graph {
         let info = self.input(name).map_err(fail)?;
         let array = array.as_standard_layout();
         let data = array.as_slice().expect("standard layout");
-        let shape = array.shape().to_vec();
-        let on_host = match info.element.as_str() {
-            "float16" => Tensor::from_array((shape, to_f16(data))).map(Tensor::upcast),
-            "bfloat16" => Tensor::from_array((shape, to_bf16(data))).map(Tensor::upcast),
-            _ => Tensor::from_array((shape, data.to_vec())).map(Tensor::upcast),
-        }
-        .map_err(|e| fail(e.to_string()))?;
+        let on_host = owned_tensor(array.shape(), data, &info.element).map_err(|e| fail(e.to_string()))?;
         let Some(device) = self.device else { return Ok(Resident(on_host)) };
         let started = Instant::now();
         let on_device = on_host.to(AllocationDevice::CUDA, device).map_err(|e| fail(format!("input `{name}`: {e}")));
@@ -342,11 +336,19 @@ fn element_name(element: TensorElementType) -> &'static str {
 }
 
 fn to_value<'a>(shape: &[usize], data: &'a [f32], element: &str) -> ort::Result<SessionInputValue<'a>> {
+    Ok(match element {
+        "float16" | "bfloat16" => owned_tensor(shape, data, element)?.into(),
+        _ => TensorRef::from_array_view((shape.to_vec(), data))?.into(),
+    })
+}
+
+/// A tensor of its own holding `data` in the graph's element type.
+fn owned_tensor(shape: &[usize], data: &[f32], element: &str) -> ort::Result<DynTensor> {
     let shape = shape.to_vec();
     Ok(match element {
-        "float16" => Tensor::from_array((shape, to_f16(data)))?.into(),
-        "bfloat16" => Tensor::from_array((shape, to_bf16(data)))?.into(),
-        _ => TensorRef::from_array_view((shape, data))?.into(),
+        "float16" => Tensor::from_array((shape, to_f16(data)))?.upcast(),
+        "bfloat16" => Tensor::from_array((shape, to_bf16(data)))?.upcast(),
+        _ => Tensor::from_array((shape, data.to_vec()))?.upcast(),
     })
 }
 
