@@ -7,6 +7,7 @@ pipeline in src/ can be checked against it on the same bundle (see shared/spec/b
     python tools/reference/dpir_reference.py --bundle DIR --input IN --output OUT.npy [--noise NOISE.npy]
         [--seed N] [--steps N] [--scale S] [--guidance G] [--prompt NAME|zeros]
         [--clip-input lq|initial_restoration] [--color-fix wavelet|none]
+        [--tile-mode joint [--tile-size N] [--tile-overlap N]]
 
 IN is a PNG/TIFF (8 or 16 bit) or a .npy float32 (H, W, 3) array in [0, 1]; OUT.npy is float32 (Ho, Wo, 3).
 Defaults for steps, guidance, seed, prompt, clip input and colour fix come from the manifest.
@@ -14,6 +15,10 @@ Defaults for steps, guidance, seed, prompt, clip input and colour fix come from 
 Noise: without --noise the starting noise is numpy.random.default_rng(seed).standard_normal(shape, float32).
 That is NOT the Rust runtime's generator, so outputs only match the runtime when the same noise array is
 passed explicitly (--noise, or the `noise` argument of restore()); parity tests must do that.
+
+Tiles: --tile-mode joint samples the frame in tiles of --tile-size latent samples (PROCEDURE.md, "Tiles"): the
+official tiled sampler's Gaussian blend of the tiles' velocities, one Euler step on the whole latent. Without it
+the frame is one pass, whatever its size (the runtime's independent tiles have no reference).
 
 Threads: onnxruntime runs with DPIR_REF_THREADS intra-op threads (default 1).
 """
@@ -259,16 +264,20 @@ def velocity(bundle, z, sigma, z_lq, context, pooled):
                       encoder_hidden_states=context, pooled_projections=pooled)
 
 
+def guided_velocity(bundle, z, sigma, z_lq, context, pooled, guidance):
+    """Step 10's v: the conditional velocity, or v_u + g*(v_c - v_u) with all-zero prompts for v_u when g > 1."""
+    v = velocity(bundle, z, sigma, z_lq, context, pooled)
+    if guidance > 1:
+        v_u = velocity(bundle, z, sigma, z_lq, np.zeros_like(context), np.zeros_like(pooled))
+        v = v_u + np.float32(guidance) * (v - v_u)
+    return v
+
+
 def sample(bundle, noise, sigmas, z_lq, context, pooled, guidance):
     """Step 10: Euler steps z += (sigma_{i+1} - sigma_i) * v, with classifier-free guidance when g > 1."""
     z = noise.astype(np.float32)
-    g = np.float32(guidance)
     for i in range(len(sigmas) - 1):
-        v = velocity(bundle, z, sigmas[i], z_lq, context, pooled)
-        if guidance > 1:
-            v_u = velocity(bundle, z, sigmas[i], z_lq, np.zeros_like(context), np.zeros_like(pooled))
-            v = v_u + g * (v - v_u)
-        z = z + (sigmas[i + 1] - sigmas[i]) * v
+        z = z + (sigmas[i + 1] - sigmas[i]) * guided_velocity(bundle, z, sigmas[i], z_lq, context, pooled, guidance)
     return z
 
 
@@ -309,11 +318,123 @@ def noise_shape(manifest, hp, wp):
     return (1, lat["channels"], hp // lat["downscale"], wp // lat["downscale"])
 
 
+# ---------------------------------------------------------------------- tiles (PROCEDURE.md, "Tiles")
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def axis_tiles(n, tile, overlap, unit):
+    """Tiles along a latent axis of n samples, as (start, length): all one length, a multiple of `unit`, the first
+    at 0 and the last ending at n, starts evenly spread on the unit grid; one tile [0, n) when n fits a tile."""
+    tile = max(tile // unit, 1) * unit
+    overlap = min(_ceil_div(overlap, unit) * unit, tile - unit)
+    if n <= tile:
+        return [(0, n)]
+    count = _ceil_div(n - overlap, tile - overlap)
+    size = _ceil_div(_ceil_div(n + (count - 1) * overlap, count), unit) * unit  # the shortest that covers n
+    free = (n - size) // unit
+    return [(unit * (i * free // (count - 1)), size) for i in range(count)]
+
+
+def tile_options(manifest, tile, overlap):
+    """Tile side and overlap in latent samples: the bundle's latent_tile (capped at one pass) and latent_overlap
+    unless given; the overlap must be shorter than the tile."""
+    patch = manifest["transformer"]["patch_size"]
+    most = manifest["transformer"]["max_patches"] * patch
+    tile = min(manifest["defaults"]["latent_tile"], most) if tile is None else tile
+    overlap = manifest["defaults"]["latent_overlap"] if overlap is None else overlap
+    if not patch <= tile <= most or overlap >= tile // patch * patch:
+        raise ValueError(f"tile {tile} with overlap {overlap}: the tile must be {patch}..{most}, the overlap smaller")
+    return tile, overlap
+
+
+def tile_grid(manifest, hl, wl, tile, overlap):
+    """The sampling tiles (y, x, h, w) of an hl x wl latent, row-major (y outer, x inner)."""
+    unit = manifest["transformer"]["patch_size"]
+    ys, xs = axis_tiles(hl, tile, overlap, unit), axis_tiles(wl, tile, overlap, unit)
+    return [(y, x, h, w) for y, h in ys for x, w in xs]
+
+
+def gaussian_weights(n, var=0.01):
+    """The official tiled sampler's weight along a tile side of n latent samples (`_gaussian_weights`, its x axis;
+    PROCEDURE.md says why y is the same): exp(-(x - (n-1)/2)^2 / n^2 / (2 var)) / sqrt(2 pi var), in float64,
+    stored float32."""
+    x = np.arange(n, dtype=np.float64)
+    w = np.exp(-(x - (n - 1) / 2) ** 2 / n ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+    return w.astype(np.float32)
+
+
+def tile_weights(h, w):
+    """A tile's weight map (h, w): the outer product of the weights along y and along x."""
+    return np.outer(gaussian_weights(h), gaussian_weights(w))
+
+
+def reconstruct(bundle, lq_pad, y, x, h, w):
+    """The initial restoration of one rectangle of the frame on its own: the rectangle grown to the model's
+    multiple m (start rounded down, end up; within lq_pad), encoded, decoded, cropped back."""
+    man = bundle.manifest
+    m = man["latent"]["downscale"] * man["transformer"]["patch_size"]
+    y0, x0 = y // m * m, x // m * m
+    y1, x1 = math.ceil((y + h) / m) * m, math.ceil((x + w) / m) * m
+    z = encode(bundle, lq_pad[y0:y1, x0:x1])
+    return decode(bundle, z, y1 - y0, x1 - x0)[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def tile_prompts(bundle, lq, lq_pad, z_lq, tiles, clip_input, text):
+    """(context, pooled) per tile: its own local prompt of the clip image over its visible pixels, with the
+    frame's global tokens and the text block shared by all."""
+    man = bundle.manifest
+    d = man["latent"]["downscale"]
+    ho, wo = lq.shape[:2]
+    clip = man["clip"]
+    if clip_input == "lq":
+        tokens = global_prompt(bundle, lq)
+    elif len(tiles) == 1:
+        tokens = global_prompt(bundle, clip_image(bundle, lq, z_lq, clip_input))
+    else:
+        # Several tiles: each global tile is reconstructed on its own (as the runtime does, to keep memory per
+        # tile), not cropped from a reconstruction of the whole frame.
+        rects = global_tiles(ho, wo, clip["global_tile"], clip["global_overlap"])
+        tokens = np.stack([clip_token(bundle, clip_preprocess(reconstruct(bundle, lq_pad, *r), clip)) for r in rects])
+    whole = clip_image(bundle, lq, z_lq, clip_input) if clip_input == "lq" or len(tiles) == 1 else None
+    prompts = []
+    for y, x, h, w in tiles:
+        vh, vw = min(h * d, ho - y * d), min(w * d, wo - x * d)  # the tile's pixels inside the frame
+        if whole is not None:
+            img = whole[y * d:y * d + vh, x * d:x * d + vw]
+        else:
+            img = decode(bundle, z_lq[:, :, y:y + h, x:x + w], vh, vw)  # the tile's own latent, no margin
+        local, pooled = local_prompt(bundle, img)
+        prompts.append((build_context(man, local, tokens, text), pooled[None]))
+    return prompts
+
+
+def sample_joint(bundle, noise, sigmas, z_lq, tiles, prompts, guidance):
+    """Step 10 in tiles: per step, every tile's guided velocity over its window of z and z_lq, weighted by its
+    Gaussian map, summed and divided by the summed weights; then one Euler step on the whole latent."""
+    z = noise.astype(np.float32)
+    maps = [tile_weights(h, w) for _, _, h, w in tiles]
+    for i in range(len(sigmas) - 1):
+        v_sum = np.zeros_like(z)
+        w_sum = np.zeros(z.shape[2:], np.float32)
+        for (y, x, h, w), (context, pooled), g in zip(tiles, prompts, maps):
+            win = (slice(None), slice(None), slice(y, y + h), slice(x, x + w))
+            v = guided_velocity(bundle, z[win], sigmas[i], z_lq[win], context, pooled, guidance)
+            v_sum[win] += g * v
+            w_sum[y:y + h, x:x + w] += g
+        z = z + (sigmas[i + 1] - sigmas[i]) * (v_sum / w_sum)
+    return z
+
+
 def restore(bundle, image, noise=None, scale=1.0, steps=None, guidance=None, seed=None, prompt=None,
-            clip_input=None, color_fix_mode=None, prompt_text=None):
+            clip_input=None, color_fix_mode=None, prompt_text=None, tile_mode=None, tile_size=None,
+            tile_overlap=None):
     """Steps 1-12 on an (H0, W0, 3) float image in [0, 1]; returns (Ho, Wo, 3) float32 in [0, 1].
 
-    bundle: a directory or a Bundle (reuse one to keep its sessions). Unset options come from the manifest."""
+    bundle: a directory or a Bundle (reuse one to keep its sessions). Unset options come from the manifest.
+    tile_mode "joint": steps 6-10 in tiles of tile_size latent samples (PROCEDURE.md, "Tiles"); None: one pass."""
     bundle = as_bundle(bundle)
     man = bundle.manifest
     steps = man["scheduler"]["steps"] if steps is None else steps
@@ -326,17 +447,25 @@ def restore(bundle, image, noise=None, scale=1.0, steps=None, guidance=None, see
     lq = upsample(np.asarray(image, np.float32), scale)                      # 1
     lq_pad = pad(lq, man)                                                     # 2
     z_lq = encode(bundle, lq_pad)                                             # 3
-    cimg = clip_image(bundle, lq, z_lq, clip_input)                          # 4 (5 inside 6, 7)
-    local, pooled = local_prompt(bundle, cimg)                                # 6
-    tokens = global_prompt(bundle, cimg)                                      # 7
-    context = build_context(man, local, tokens, text_block(bundle, prompt, prompt_text))  # 8
+    text = text_block(bundle, prompt, prompt_text)
     sigmas = schedule(man, steps)                                             # 9
     shape = noise_shape(man, *lq_pad.shape[:2])
     if noise is None:
         noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     if tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-    z = sample(bundle, noise, sigmas, z_lq, context, pooled[None], guidance)  # 10
+    if tile_mode == "joint":
+        tiles = tile_grid(man, shape[2], shape[3], *tile_options(man, tile_size, tile_overlap))
+        prompts = tile_prompts(bundle, lq, lq_pad, z_lq, tiles, clip_input, text)           # 4-8 per tile
+        z = sample_joint(bundle, noise, sigmas, z_lq, tiles, prompts, guidance)            # 10 in tiles
+    elif tile_mode is None:
+        cimg = clip_image(bundle, lq, z_lq, clip_input)                      # 4 (5 inside 6, 7)
+        local, pooled = local_prompt(bundle, cimg)                            # 6
+        tokens = global_prompt(bundle, cimg)                                  # 7
+        context = build_context(man, local, tokens, text)                     # 8
+        z = sample(bundle, noise, sigmas, z_lq, context, pooled[None], guidance)  # 10
+    else:
+        raise ValueError(f"unknown tile mode {tile_mode!r} (the reference has 'joint' and one pass)")
     x = decode(bundle, z, lq.shape[0], lq.shape[1])                           # 11
     return color_fix(x, lq, color_fix_mode).astype(np.float32)               # 12
 
@@ -434,6 +563,9 @@ def main(argv=None):
     ap.add_argument("--prompt-text", help="caption for the bundle's text encoder (t5.onnx), replacing --prompt")
     ap.add_argument("--clip-input", choices=["lq", "initial_restoration"])
     ap.add_argument("--color-fix", choices=["wavelet", "none"])
+    ap.add_argument("--tile-mode", choices=["joint"], help="sample in tiles (default: one pass)")
+    ap.add_argument("--tile-size", type=int, help="tile side in latent samples (default: the bundle's)")
+    ap.add_argument("--tile-overlap", type=int, help="tile overlap in latent samples (default: the bundle's)")
     args = ap.parse_args(argv)
 
     image = load_image(args.input)
@@ -441,7 +573,8 @@ def main(argv=None):
     start = time.perf_counter()
     out = restore(args.bundle, image, noise=noise, scale=args.scale, steps=args.steps, guidance=args.guidance,
                   seed=args.seed, prompt=args.prompt, clip_input=args.clip_input, color_fix_mode=args.color_fix,
-                  prompt_text=args.prompt_text)
+                  prompt_text=args.prompt_text, tile_mode=args.tile_mode, tile_size=args.tile_size,
+                  tile_overlap=args.tile_overlap)
     np.save(args.output, out)
     print(f"{image.shape[1]}x{image.shape[0]} -> {out.shape[1]}x{out.shape[0]} "
           f"in {time.perf_counter() - start:.2f} s: {args.output}", file=sys.stderr)

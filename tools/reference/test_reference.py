@@ -163,6 +163,42 @@ def test_context_layout():
     assert (ctx[6:, :7] == 3).all() and (ctx[6:, 7:] == 0).all()
 
 
+def test_tile_grid():
+    assert ref.axis_tiles(40, 16, 4, 2) == [(0, 16), (12, 16), (24, 16)]
+    assert ref.axis_tiles(8, 128, 16, 2) == [(0, 8)]
+    assert ref.axis_tiles(16, 8, 2, 2) == [(0, 8), (4, 8), (8, 8)]                # balanced: overlap 4, not 2
+    assert ref.axis_tiles(12, 7, 1, 2) == [(0, 6), (2, 6), (6, 6)]                 # tile down, overlap up to u
+    man = {"transformer": {"patch_size": 2}}
+    assert ref.tile_grid(man, 12, 16, 8, 2)[2:4] == [(0, 8, 8, 8), (4, 0, 8, 8)]  # row-major
+
+
+def test_gaussian_weights():
+    for n in (1, 8, 9, 128):
+        g = ref.gaussian_weights(n)
+        assert g.dtype == np.float32 and g.shape == (n,)
+        assert np.array_equal(g, g[::-1]) and g.argmax() == (n - 1) // 2          # centred at (n-1)/2
+    assert abs(ref.gaussian_weights(9)[4] / 3.989422804014327 - 1) < 1e-6          # 1/sqrt(2 pi 0.01)
+    assert abs(ref.gaussian_weights(10)[0] / 1.5983741106905477e-4 - 1) < 1e-6     # exp(-4.5^2/100/0.02)/...
+    w = ref.tile_weights(6, 8)
+    assert w.shape == (6, 8) and w[2, 3] == ref.gaussian_weights(6)[2] * ref.gaussian_weights(8)[3]
+
+
+def test_joint_blend():
+    """With a fake model whose velocity is its tile's number, one Euler step from 1 to 0 leaves -V: the
+    Gaussian-weighted mean of the covering tiles' numbers."""
+    real = ref.guided_velocity
+    ref.guided_velocity = lambda b, z, s, z_lq, context, pooled, g: np.full_like(z, context)
+    try:
+        tiles = [(0, 0, 2, 8), (0, 4, 2, 8)]
+        z = ref.sample_joint(None, np.zeros((1, 1, 2, 12), np.float32), np.float32([1, 0]),
+                             np.zeros((1, 1, 2, 12), np.float32), tiles, [(1.0, None), (2.0, None)], 1.0)
+    finally:
+        ref.guided_velocity = real
+    g = ref.gaussian_weights(8)
+    assert np.allclose(-z[0, 0, 1], [1, 1, 1, 1] + [(g[j + 4] + 2 * g[j]) / (g[j + 4] + g[j]) for j in range(4)]
+                       + [2, 2, 2, 2], atol=1e-6)
+
+
 def png16_bytes(arr, filters=(0, 1, 2, 3, 4)):
     """Encode uint16 (H, W, C) as a 16-bit PNG, cycling through the row filter types."""
     h, w, c = arr.shape
@@ -272,6 +308,20 @@ def test_tiny():
     assert x.shape == (72, 120, 3) and np.isfinite(x).all()
     x = ref.restore(b, rand_image(100, 130), steps=2, guidance=2.0, prompt="quality")  # 6 global tiles
     assert x.shape == (100, 130, 3) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def test_joint_tiles():
+    b = bundle("tiny")
+    if b is None:
+        return
+    img = rand_image(40, 56, seed=15)                                          # padded 48x64: a 6x8 latent
+    noise = oracle_noise(b, 40, 56, 1.0, 15)
+    for kwargs in ({}, {"guidance": 2.0, "clip_input": "initial_restoration"}):
+        one = ref.restore(b, img, noise=noise, steps=2, **kwargs)
+        joint = ref.restore(b, img, noise=noise, steps=2, tile_mode="joint", tile_size=8, tile_overlap=2, **kwargs)
+        assert np.max(np.abs(joint - one)) <= 1e-6, kwargs                     # one tile is one pass
+        tiled = ref.restore(b, img, noise=noise, steps=2, tile_mode="joint", tile_size=4, tile_overlap=2, **kwargs)
+        assert np.isfinite(tiled).all() and np.max(np.abs(tiled - one)) > 1e-3, kwargs  # 2x3 tiles
 
 
 def test_cli():
