@@ -66,7 +66,7 @@
 /**
  * Minor version of the dpir.h a program was compiled with.
  */
-#define DPIR_VERSION_MINOR 1
+#define DPIR_VERSION_MINOR 2
 
 /**
  * Patch version of the dpir.h a program was compiled with.
@@ -408,6 +408,13 @@ typedef uint32_t dpir_tile_mode;
 typedef struct dpir_cancel dpir_cancel;
 
 /**
+ * One frame being restored: its settings, tile plan and global prompt, made by `dpir_frame_new()`. Thread-safe:
+ * several threads may restore regions of one frame at once. It keeps its model loaded while it lives, so it may
+ * outlive the restorer it came from. Free it with `dpir_frame_free()`.
+ */
+typedef struct dpir_frame dpir_frame;
+
+/**
  * A pixel buffer owned by dpir: an image file read into memory (`dpir_image_read()`), or a blank image
  * (`dpir_image_create()`). Tightly packed, top-down, straight alpha, sRGB-encoded, 16-byte aligned.
  * Free it with `dpir_image_free()`.
@@ -489,6 +496,11 @@ typedef struct dpir_progress {
      * Tiles of this restore (1 when the image fits one pass).
      */
     uint32_t tiles;
+    /**
+     * How much of the whole call is done, 0 to 1, never decreasing within a call: what a progress bar shows.
+     * Libraries before 0.2 leave it unset (check `dpir_version()`).
+     */
+    float fraction;
 } dpir_progress;
 
 /**
@@ -678,6 +690,23 @@ typedef struct dpir_restorer_info {
      * 1 when the bundle has a text encoder, so `dpir_restore_options.prompt_text` can be used; else 0.
      */
     uint32_t has_text_encoder;
+    /**
+     * Tile side, in latent samples, when the options leave it at 0 (capped at one pass).
+     */
+    uint32_t default_tile_size;
+    /**
+     * Tile overlap, in latent samples, when the options leave it at -1.
+     */
+    uint32_t default_tile_overlap;
+    /**
+     * Pixels per latent sample along each side: a tile of `default_tile_size` covers that many times as many
+     * pixels.
+     */
+    uint32_t pixels_per_latent;
+    /**
+     * Output size / input size when the options leave the scale at its default.
+     */
+    float default_scale;
 } dpir_restorer_info;
 
 /**
@@ -1109,6 +1138,73 @@ dpir_status dpir_restore_region(const struct dpir_restorer *restorer,
                                 const struct dpir_region *region,
                                 const struct dpir_pixels *destination,
                                 const struct dpir_restore_options *options);
+
+/**
+ * Prepares a frame of `frame_width` x `frame_height` input pixels for `dpir_frame_restore_region()` calls and
+ * stores it in `*frame` (NULL on failure). `context` is the whole frame, at any resolution (a proxy will do), for
+ * the global prompt; with the frame itself at full resolution, regions equal the same rectangles of a
+ * whole-frame `dpir_restore()` in the default (independent) tile mode. `options` (NULL: the defaults) are the
+ * restore's, for every region of the frame; its progress callback and cancel handle serve this call only.
+ *
+ * This runs the global prompt (CLIP over the context's global tiles: seconds on a GPU, minutes on a CPU for the
+ * real model), which `dpir_restore_region()` would otherwise repeat for every region. Thread-safe.
+ *
+ * Returns `DPIR_STATUS_INVALID_ARGUMENT` (NULL argument, unknown `size`), `DPIR_STATUS_INVALID_IMAGE` (bad
+ * context descriptor, an empty frame), `DPIR_STATUS_INVALID_OPTIONS`, `DPIR_STATUS_TOO_LARGE`, and the statuses
+ * of a model call (`DPIR_STATUS_CANCELLED`, `DPIR_STATUS_INFERENCE`, `DPIR_STATUS_BAD_OUTPUT`).
+ *
+ * # Safety
+ * `restorer` must be NULL or live; `context` NULL or describing readable memory; `options` NULL or initialised;
+ * `frame` NULL or writable.
+ */
+dpir_status dpir_frame_new(const struct dpir_restorer *restorer,
+                           uint32_t frame_width,
+                           uint32_t frame_height,
+                           const struct dpir_pixels *context,
+                           const struct dpir_restore_options *options,
+                           struct dpir_frame **frame);
+
+/**
+ * Stores in `*roi` the input pixels (frame coordinates) that restoring `rect` (output-frame pixels) of `frame`
+ * reads: what a host must hand over as the region's crop. The same as `dpir_region_of_interest()` with the
+ * frame's size and options. Thread-safe.
+ *
+ * Returns `DPIR_STATUS_INVALID_ARGUMENT` (NULL argument) or `DPIR_STATUS_INVALID_OPTIONS` (a rectangle outside
+ * the output frame).
+ *
+ * # Safety
+ * `frame` must be NULL or live; `rect` NULL or readable; `roi` NULL or writable.
+ */
+dpir_status dpir_frame_region_of_interest(const struct dpir_frame *frame,
+                                          const struct dpir_rect *rect,
+                                          struct dpir_rect *roi);
+
+/**
+ * Restores `region->rect` of `frame` from the crop `region->source` into `destination` (measuring `rect.width`
+ * x `rect.height`, any format and stride), with the frame's options and global prompt. `region->frame_width`
+ * and `frame_height` must be the frame's (or both 0), and `region->context` NULL: the frame has its context.
+ * `progress` (with `progress_user_data`) and `cancel` follow and stop this call; either may be NULL. Blocks until
+ * done; thread-safe.
+ *
+ * Returns the statuses of `dpir_restore_region()`. The destination is written only when the restore succeeds.
+ *
+ * # Safety
+ * As for `dpir_restore_region()`; `frame` must be NULL or live, `cancel` NULL or live.
+ */
+dpir_status dpir_frame_restore_region(const struct dpir_frame *frame,
+                                      const struct dpir_region *region,
+                                      const struct dpir_pixels *destination,
+                                      int (*progress)(const struct dpir_progress *progress, void *user_data),
+                                      void *progress_user_data,
+                                      const struct dpir_cancel *cancel);
+
+/**
+ * Frees a frame. NULL does nothing. Only once no other call (on any thread) uses it.
+ *
+ * # Safety
+ * `frame` must be NULL or a frame from `dpir_frame_new()` not yet freed and not in use.
+ */
+void dpir_frame_free(struct dpir_frame *frame);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -29,6 +29,10 @@ pub fn default_model_dir() -> Option<PathBuf> {
     data.map(|data| data.join("dpir").join("model")).filter(|dir| dir.is_dir())
 }
 
+/// Latent samples of context given to the VAE beyond a tile's edge (where the frame goes on), so its receptive
+/// field sees real neighbours instead of padding. A multiple of every patch size in use.
+pub(crate) const VAE_MARGIN: usize = 8;
+
 /// The largest transformer batch that TensorRT engines are built for: one sample, doubled by guidance.
 pub(crate) const TENSORRT_MAX_BATCH: usize = 2;
 
@@ -372,13 +376,13 @@ impl Manifest {
     /// The shapes dpir feeds `role`'s inputs, as a TensorRT optimisation profile. Batches: 1, or up to 2 for
     /// the transformer (guidance doubles it) and up to the CLIP block for the CLIP towers (a crop per global tile
     /// and the local one). Sides, in latent samples: from one patch to the default tile (larger tiles and joint
-    /// tile batches are refused on TensorRT), plus for the VAE the margins the tile engine gives it: `vae_margin`
+    /// tile batches are refused on TensorRT), plus for the VAE the margins the tile engine gives it: [`VAE_MARGIN`]
     /// latent samples, or the default overlap in joint mode, on each side. Engines sized for one pass instead
     /// would reserve gigabytes for shapes dpir does not feed them by default.
-    pub(crate) fn profile(&self, role: Role, vae_margin: usize) -> Profile {
+    pub(crate) fn profile(&self, role: Role) -> Profile {
         let patch = self.transformer.patch_size;
         let tile = self.tensorrt_tile();
-        let with_margins = tile + 2 * vae_margin.max(self.defaults.latent_overlap);
+        let with_margins = tile + 2 * VAE_MARGIN.max(self.defaults.latent_overlap);
         let d = self.latent.downscale;
         // (batch, side) as (min, opt, max)
         let (batch, side) = match role {
@@ -401,9 +405,20 @@ impl Manifest {
         Profile { inputs: inputs.collect() }
     }
 
+    /// The padded latent frame (width, height) of an output frame of `width x height` pixels.
+    pub fn latent_size(&self, width: usize, height: usize) -> (usize, usize) {
+        let (multiple, patch) = (self.pixel_multiple(), self.transformer.patch_size);
+        (width.div_ceil(multiple) * patch, height.div_ceil(multiple) * patch)
+    }
+
+    /// The tile side, in latent samples, when the options leave it unset: `latent_tile`, capped at one pass.
+    pub fn default_tile(&self) -> usize {
+        self.defaults.latent_tile.min(self.transformer.max_patches * self.transformer.patch_size)
+    }
+
     /// The largest tile, in latent samples, that TensorRT engines are built for: the default tile.
     pub(crate) fn tensorrt_tile(&self) -> usize {
-        self.defaults.latent_tile.min(self.transformer.max_patches * self.transformer.patch_size)
+        self.default_tile()
     }
 
     /// Checks a loaded graph's inputs and outputs against the manifest.
@@ -500,7 +515,7 @@ mod tests {
         // tiny: 4 latent channels, downscale 8, patch 2, default tile 128 and overlap 16, 12 + 8 context tokens
         // of width 48, pooled width 40, CLIP images of 32 and a block of 12.
         let shapes = |role| {
-            let p = tiny.profile(role, 8);
+            let p = tiny.profile(role);
             p.inputs.into_iter().map(|i| (i.name, i.min, i.opt, i.max)).collect::<Vec<_>>()
         };
         let s = |name: &str, min: &[usize], opt: &[usize], max: &[usize]| {
@@ -525,6 +540,6 @@ mod tests {
             shapes(Role::ClipLocal),
             vec![s("pixel_values", &[1, 3, 32, 32], &[1, 3, 32, 32], &[12, 3, 32, 32])]
         );
-        assert_eq!(tiny.profile(Role::ClipGlobal, 8), tiny.profile(Role::ClipLocal, 8));
+        assert_eq!(tiny.profile(Role::ClipGlobal), tiny.profile(Role::ClipLocal));
     }
 }

@@ -9,7 +9,7 @@
 //! let pixels = vec![128u8; 64 * 48 * 3];
 //! let layout = PixelLayout::packed(64, 48, 3, SampleType::U8);
 //! let image = Image::from_pixels(&layout, &pixels)?;
-//! let restored = restorer.restore(&image, &RestoreOptions { steps: Some(4), ..Default::default() })?;
+//! let restored = restorer.restore(&image, &RestoreOptions::new().steps(4))?;
 //! assert_eq!((restored.width(), restored.height()), (64, 48));
 //! # Ok(())
 //! # }
@@ -20,26 +20,31 @@ pub mod bundle;
 mod colour;
 mod error;
 pub mod ffi;
+mod frame;
 pub mod imagefile;
+mod model;
 mod noise;
+mod options;
 pub mod pixels;
 pub mod plan;
+mod progress;
 mod prompt;
 mod resample;
 mod restore;
 mod runtime;
+mod sample;
 mod schedule;
 mod source;
 mod tiled;
 
 pub use bundle::{default_model_dir, ClipInput, ColorFix, Manifest};
 pub use error::{Error, ErrorKind, Result};
+pub use frame::Frame;
+pub use options::{RestoreOptions, TileMode};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 pub use plan::Rect;
-pub use restore::{
-    CancelToken, Progress, ProgressFn, Region, Requirements, Restoration, RestoreOptions, Restorer, Stage, Stats,
-    TileMode,
-};
+pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
+pub use restore::{Region, Requirements, Restoration, Restorer};
 pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
 
 /// The crate version, as `major.minor.patch`.

@@ -1,7 +1,12 @@
 //! Planning in frame coordinates: rectangles, the tile grid on the latent grid, and blend weights.
 //!
 //! Everything here is a pure function of the frame's size and the options, so a full-frame render and a render
-//! of any region of it plan exactly the same tiles.
+//! of any region of it plan exactly the same tiles. One tile covering the whole (padded) frame is the plain DPIR
+//! procedure: no margins (they stop at frame edges), weights of exactly 1.
+
+use crate::bundle::{Manifest, VAE_MARGIN};
+use crate::error::{Error, Result};
+use crate::options::{Settings, TileMode};
 
 /// A rectangle of pixels (or latent samples), `x, y` its top-left corner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -123,6 +128,142 @@ pub fn gaussian_weights(length: usize) -> Vec<f32> {
             ((-d * d / (2.0 * VARIANCE)).exp() / (2.0 * std::f64::consts::PI * VARIANCE).sqrt()) as f32
         })
         .collect()
+}
+
+/// One sampling tile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tile {
+    /// In latent samples of the padded frame.
+    pub latent: Rect,
+    /// `latent` in pixels (may reach into the padding).
+    pub pixels: Rect,
+    /// The part of `pixels` inside the output frame.
+    pub visible: Rect,
+    /// Row and column in the tile grid.
+    pub row: usize,
+    pub col: usize,
+}
+
+/// The tile grid of an output frame: balanced tiles of at most one pass each, row-major.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Output frame (width, height) and the padded latent frame's.
+    pub frame: (usize, usize),
+    pub latent: (usize, usize),
+    /// Pixels per latent sample.
+    pub downscale: usize,
+    /// `(start, length)` per tile column and row, in latent samples.
+    pub xs: Vec<(usize, usize)>,
+    pub ys: Vec<(usize, usize)>,
+    pub tiles: Vec<Tile>,
+}
+
+impl Plan {
+    /// The tiles of an output frame of `frame` (width, height) pixels.
+    pub(crate) fn new(manifest: &Manifest, frame: (usize, usize), settings: &Settings) -> Plan {
+        let patch = manifest.transformer.patch_size;
+        let latent = manifest.latent_size(frame.0, frame.1);
+        let xs = axis_tiles(latent.0, settings.tile, settings.overlap, patch);
+        let ys = axis_tiles(latent.1, settings.tile, settings.overlap, patch);
+        let downscale = manifest.latent.downscale;
+        let frame_rect = Rect::new(0, 0, frame.0, frame.1);
+        let mut tiles = Vec::with_capacity(xs.len() * ys.len());
+        for (row, &(y, h)) in ys.iter().enumerate() {
+            for (col, &(x, w)) in xs.iter().enumerate() {
+                let latent = Rect::new(x, y, w, h);
+                let pixels = latent.scaled(downscale);
+                tiles.push(Tile { latent, pixels, visible: pixels.intersect(&frame_rect), row, col });
+            }
+        }
+        Plan { frame, latent, downscale, xs, ys, tiles }
+    }
+
+    /// The output frame as a rectangle.
+    pub(crate) fn frame_rect(&self) -> Rect {
+        Rect::new(0, 0, self.frame.0, self.frame.1)
+    }
+
+    /// The tiles whose visible pixels meet `rect`.
+    pub(crate) fn touching(&self, rect: Rect) -> Vec<Tile> {
+        self.tiles.iter().copied().filter(|t| !t.visible.intersect(&rect).is_empty()).collect()
+    }
+
+    /// The tiles a render of `rect` samples: those it touches, or in joint mode the contiguous block of the grid
+    /// around them ([`Plan::joint_block`]).
+    pub(crate) fn sampled(&self, rect: Rect, settings: &Settings) -> Vec<Tile> {
+        match settings.mode {
+            TileMode::Joint => self.joint_block(rect, settings.context_margin),
+            _ => self.touching(rect),
+        }
+    }
+
+    /// Joint mode samples a contiguous block of the grid: every tile in the rows and columns of the tiles that
+    /// touch `rect` grown by `margin` pixels.
+    pub(crate) fn joint_block(&self, rect: Rect, margin: usize) -> Vec<Tile> {
+        let touching = self.touching(grow_within(rect, margin, self.frame_rect()));
+        let span = |index: fn(&Tile) -> usize| {
+            (touching.iter().map(index).min().unwrap_or(0), touching.iter().map(index).max().unwrap_or(0))
+        };
+        let (rows, cols) = (span(|t| t.row), span(|t| t.col));
+        self.tiles
+            .iter()
+            .copied()
+            .filter(|t| (rows.0..=rows.1).contains(&t.row) && (cols.0..=cols.1).contains(&t.col))
+            .collect()
+    }
+
+    /// The pixels a tile's encoder pass sees: the tile, grown by [`VAE_MARGIN`] where the padded frame goes on.
+    pub(crate) fn encode_rect(&self, latent: Rect) -> Rect {
+        grow_within(latent, VAE_MARGIN, Rect::new(0, 0, self.latent.0, self.latent.1)).scaled(self.downscale)
+    }
+
+    /// A tile's blend weights over its pixels (rows, columns): a partition of unity with the grid's other tiles.
+    pub(crate) fn weights(&self, tile: &Tile) -> (Vec<f32>, Vec<f32>) {
+        let pixels = |axis: &[(usize, usize)]| -> Vec<(usize, usize)> {
+            axis.iter().map(|&(s, l)| (s * self.downscale, l * self.downscale)).collect()
+        };
+        (blend_weights(&pixels(&self.ys), tile.row), blend_weights(&pixels(&self.xs), tile.col))
+    }
+
+    /// Rough peak working memory of a render beyond the caller's buffers, in bytes.
+    pub(crate) fn estimated_bytes(&self, manifest: &Manifest, settings: &Settings) -> u64 {
+        let channels = manifest.latent.channels as u64;
+        let d = self.downscale as u64;
+        let tile = self.tiles.first().map_or(0, |t| t.latent.width.max(t.latent.height)) as u64 + 2 * VAE_MARGIN as u64;
+        // A tile's pixels pass through about a dozen f32 planes of 3 channels (read, encode input, decode output,
+        // colour fix buffers); the accumulation band spans a tile's height across the frame.
+        let per_tile = tile * tile * d * d * 3 * 4 * 12 + tile * tile * channels * 4 * 8;
+        let band = tile * d * self.frame.0 as u64 * 3 * 4 * 2;
+        let joint = match settings.mode {
+            TileMode::Joint => self.latent.0 as u64 * self.latent.1 as u64 * channels * 4 * 5,
+            _ => 0,
+        };
+        per_tile + band + joint
+    }
+}
+
+/// Refuses a region that is empty or not inside the output frame.
+pub(crate) fn check_region(rect: Rect, (width, height): (usize, usize)) -> Result<()> {
+    if rect.is_empty() || !Rect::new(0, 0, width, height).contains(&rect) {
+        return Err(Error::InvalidOptions(format!(
+            "region {}x{} at ({}, {}) is not inside the {width}x{height} output frame",
+            rect.width, rect.height, rect.x, rect.y
+        )));
+    }
+    Ok(())
+}
+
+/// `rect` grown by `margin` on every side, clamped to `bounds`.
+pub(crate) fn grow_within(rect: Rect, margin: usize, bounds: Rect) -> Rect {
+    let (x, y) = (rect.x.saturating_sub(margin).max(bounds.x), rect.y.saturating_sub(margin).max(bounds.y));
+    let right = (rect.right() + margin).min(bounds.right());
+    let bottom = (rect.bottom() + margin).min(bounds.bottom());
+    Rect::new(x, y, right - x, bottom - y)
+}
+
+/// `inner` relative to `outer`'s top-left.
+pub(crate) fn relative(inner: Rect, outer: Rect) -> Rect {
+    Rect::new(inner.x - outer.x, inner.y - outer.y, inner.width, inner.height)
 }
 
 #[cfg(test)]

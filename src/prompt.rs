@@ -1,22 +1,118 @@
 //! Dual prompts: CLIP features of the local patch and of the global image, and the text block, assembled into
 //! the transformer's context and pooled inputs.
 
-use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis, CowArray, Ix3};
 
-use crate::plan::Rect;
-
-use crate::bundle::{ClipSpec, Manifest};
+use crate::bundle::{ClipInput, ClipSpec, Manifest};
 use crate::error::Result;
+use crate::model::{Conditioning, Features, Model};
+use crate::options::Settings;
+use crate::plan::{relative, Rect};
+use crate::progress::Call;
 use crate::resample::{resize, Filter};
-use crate::runtime::{Graph, SessionTimer};
+use crate::source::FrameSource;
 
-/// The transformer's conditioning for one sample.
+/// What every tile of a frame shares in its conditioning: one summary token per global tile of the context
+/// image, the text block, and, when the context is the frame itself, each global tile's features by rectangle so
+/// that a sampling tile that coincides with one can reuse them.
 #[derive(Debug, Clone)]
-pub struct Conditioning {
-    /// (1, context tokens, context width).
-    pub context: Array3<f32>,
-    /// (1, pooled width).
-    pub pooled: Array2<f32>,
+pub(crate) struct FramePrompt {
+    tokens: Vec<Array1<f32>>,
+    text: Array2<f32>,
+    reusable: Vec<(Rect, Features)>,
+}
+
+impl FramePrompt {
+    /// The prompt of a frame whose global context is `context`: the frame being restored itself when
+    /// `is_frame`, else another view of it (any resolution) read as its own frame.
+    pub(crate) fn new(
+        model: &Model,
+        context: &FrameSource<'_>,
+        is_frame: bool,
+        text: Array2<f32>,
+        settings: &Settings,
+        call: &Call,
+    ) -> Result<FramePrompt> {
+        let (width, height) = context.frame();
+        let clip = &model.manifest().clip;
+        let rects = global_tiles(width, height, clip);
+        // A frame that is one pass reconstructs the whole frame once and crops the global tiles from it, as the
+        // procedure says; larger frames reconstruct each global tile on its own, to keep memory per tile.
+        let whole = Rect::new(0, 0, width, height);
+        let (latent_w, latent_h) = model.manifest().latent_size(width, height);
+        let one_pass = latent_w <= settings.tile && latent_h <= settings.tile;
+        let reconstructed = match settings.clip_input {
+            ClipInput::InitialRestoration if one_pass && is_frame => {
+                Some(clip_image(model, context, whole, settings, call)?)
+            }
+            _ => None,
+        };
+        let mut crops = Vec::with_capacity(rects.len());
+        for &rect in &rects {
+            let image = match &reconstructed {
+                Some(frame) => CowArray::from(frame.slice(s![.., rect.y..rect.bottom(), rect.x..rect.right()])),
+                None => CowArray::from(clip_image(model, context, rect, settings, call)?),
+            };
+            crops.push(preprocess(image.view(), clip));
+        }
+        let features = model.clip(&crops, call)?;
+        let tokens = features.iter().map(Features::summary).collect();
+        // A tile whose visible part is a global tile reuses its features when they are the same numbers it would
+        // compute: always for the input itself, and for the reconstruction only when the frame is one pass (larger
+        // frames reconstruct a tile from its own latent, with margins).
+        let same_numbers = settings.clip_input == ClipInput::Lq || reconstructed.is_some();
+        let reusable = if is_frame && same_numbers { rects.into_iter().zip(features).collect() } else { Vec::new() };
+        Ok(FramePrompt { tokens, text, reusable })
+    }
+
+    /// The conditioning of a tile whose visible pixels are `visible`: its own CLIP features of `sees` (what
+    /// CLIP sees of those pixels), reused when a global tile is the same rectangle, with the frame's global
+    /// tokens and text.
+    pub(crate) fn condition<'a>(
+        &self,
+        model: &Model,
+        visible: Rect,
+        sees: impl FnOnce() -> Result<CowArray<'a, f32, Ix3>>,
+        call: &Call,
+    ) -> Result<Conditioning> {
+        let reused = self.reusable.iter().find(|(rect, _)| *rect == visible).map(|(_, f)| f.clone());
+        let local = match reused {
+            Some(features) => features,
+            None => {
+                let crop = preprocess(sees()?.view(), &model.manifest().clip);
+                model.clip(&[crop], call)?.remove(0)
+            }
+        };
+        Ok(assemble(model.manifest(), &local, &self.tokens, &self.text))
+    }
+}
+
+/// What CLIP sees of an output-frame rectangle: the (upsampled) input, or its reconstruction by the VAE.
+fn clip_image(
+    model: &Model,
+    source: &FrameSource<'_>,
+    rect: Rect,
+    settings: &Settings,
+    call: &Call,
+) -> Result<Array3<f32>> {
+    match settings.clip_input {
+        ClipInput::Lq => Ok(source.read(rect)?.0),
+        ClipInput::InitialRestoration => {
+            // Encode the rectangle padded to the model's multiple (edges repeated), decode, keep the rectangle.
+            let m = model.manifest().pixel_multiple();
+            let d = model.manifest().latent.downscale;
+            let padded = Rect::new(rect.x / m * m, rect.y / m * m, 0, 0);
+            let padded = Rect {
+                width: (rect.right() - padded.x).div_ceil(m) * m,
+                height: (rect.bottom() - padded.y).div_ceil(m) * m,
+                ..padded
+            };
+            let (lq, _) = source.read(padded)?;
+            let posterior = settings.posterior.then_some(settings.seed);
+            let z = model.encode(lq.view(), (padded.y / d, padded.x / d), posterior, call)?;
+            model.decode(z.view(), relative(rect, padded), call)
+        }
+    }
 }
 
 /// CLIP preprocessing of a (3, H, W) image in [0, 1]: shortest side to `image_size` (bicubic), centre crop,
@@ -64,49 +160,9 @@ pub fn global_tiles(width: usize, height: usize, clip: &ClipSpec) -> Vec<Rect> {
     tiles
 }
 
-/// What the two CLIP towers say about one image: `clip_local`'s tokens (Tl, Dl) and `clip_global`'s embedding
-/// (Dg).
-#[derive(Debug, Clone)]
-pub(crate) struct Features {
-    pub tokens: Array2<f32>,
-    pub embed: Array1<f32>,
-}
-
-impl Features {
-    /// The one-token summary used for a global tile and as the pooled input: CLS token then embedding (Dp).
-    pub fn summary(&self) -> Array1<f32> {
-        concatenate![Axis(0), self.tokens.row(0), self.embed]
-    }
-}
-
-/// Runs both CLIP towers on preprocessed crops (see [`preprocess`]) in one batch per tower.
-pub(crate) fn features(
-    crops: &[Array3<f32>],
-    clip_local: &Graph,
-    clip_global: &Graph,
-    timer: &SessionTimer,
-) -> Result<Vec<Features>> {
-    let views: Vec<_> = crops.iter().map(|c| c.view().insert_axis(Axis(0))).collect();
-    let batch: Array4<f32> = concatenate(Axis(0), &views).expect("crops share one shape");
-    let tokens = clip_local.run(&[("pixel_values", batch.view().into_dyn())], &["last_hidden_state"], timer)?;
-    let embeds = clip_global.run(&[("pixel_values", batch.view().into_dyn())], &["image_embeds"], timer)?;
-    let tokens: Array3<f32> = tokens.into_iter().next().unwrap().into_dimensionality().expect("validated rank 3");
-    let embeds: Array2<f32> = embeds.into_iter().next().unwrap().into_dimensionality().expect("validated rank 2");
-    Ok(tokens
-        .outer_iter()
-        .zip(embeds.outer_iter())
-        .map(|(t, e)| Features { tokens: t.to_owned(), embed: e.to_owned() })
-        .collect())
-}
-
 /// Builds the transformer's context and pooled inputs from the local patch's features, the global tokens
 /// (one summary row per global tile) and the text block (text tokens, text width).
-pub(crate) fn assemble(
-    manifest: &Manifest,
-    local: &Features,
-    global: &[Array1<f32>],
-    text: &Array2<f32>,
-) -> Conditioning {
+fn assemble(manifest: &Manifest, local: &Features, global: &[Array1<f32>], text: &Array2<f32>) -> Conditioning {
     let clip = &manifest.clip;
     let mut context = Array3::<f32>::zeros((1, manifest.context_tokens(), manifest.transformer.context_width));
     // CLIP block: the local tokens (zero-padded to the pooled width), then one token per global tile, cut at

@@ -159,7 +159,7 @@ fn black_output_from_a_non_black_input_is_an_error() {
     assert!(stderr.contains("black"), "{stderr}");
     // A black input may well come out black.
     let black = Image::from_planes(ndarray::Array3::zeros((3, 8, 8)), None).unwrap();
-    restorer("broken_black").restore(&black, &RestoreOptions { steps: Some(1), ..Default::default() }).unwrap();
+    restorer("broken_black").restore(&black, &RestoreOptions::new().steps(1)).unwrap();
 }
 
 #[test]
@@ -167,12 +167,12 @@ fn out_of_range_options() {
     let oracle = restorer("oracle");
     let image = picture(8, 8);
     for (options, says) in [
-        (RestoreOptions { steps: Some(0), ..Default::default() }, "steps"),
-        (RestoreOptions { guidance: Some(0.5), ..Default::default() }, "guidance"),
-        (RestoreOptions { guidance: Some(f32::NAN), ..Default::default() }, "guidance"),
-        (RestoreOptions { prompt: Some("nope".into()), ..Default::default() }, "prompt"),
-        (RestoreOptions { prompt_text: Some("a photo".into()), ..Default::default() }, "no text encoder"),
-        (RestoreOptions { noise: Some(ndarray::Array4::zeros((1, 12, 3, 3))), ..Default::default() }, "noise"),
+        (RestoreOptions::new().steps(0), "steps"),
+        (RestoreOptions::new().guidance(0.5), "guidance"),
+        (RestoreOptions::new().guidance(f32::NAN), "guidance"),
+        (RestoreOptions::new().prompt("nope"), "prompt"),
+        (RestoreOptions::new().prompt_text("a photo"), "no text encoder"),
+        (RestoreOptions::new().noise(ndarray::Array4::zeros((1, 12, 3, 3))), "noise"),
     ] {
         let error = oracle.restore(&image, &options).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidOptions, "{options:?}");
@@ -185,14 +185,10 @@ fn cancelling_stops_before_the_next_model_call() {
     let oracle = restorer("oracle");
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = calls.clone();
-    let options = RestoreOptions {
-        steps: Some(10),
-        progress: Some(std::sync::Arc::new(move |p: &dpir::Progress| {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            p.stage != dpir::Stage::Sample || p.step < 3
-        })),
-        ..Default::default()
-    };
+    let options = RestoreOptions::new().steps(10).progress(move |p: &dpir::Progress| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        p.stage != dpir::Stage::Sample || p.step < 3
+    });
     let error = oracle.restore(&picture(8, 8), &options).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Cancelled);
     // global prompt, the tile's encode and prompt, steps 0..=3: the report at step 3 said stop.
@@ -200,6 +196,6 @@ fn cancelling_stops_before_the_next_model_call() {
 
     let token = dpir::CancelToken::new();
     token.cancel();
-    let options = RestoreOptions { cancel: Some(token), ..Default::default() };
+    let options = RestoreOptions::new().cancel(token);
     assert_eq!(oracle.restore(&picture(8, 8), &options).unwrap_err().kind(), ErrorKind::Cancelled);
 }

@@ -22,8 +22,7 @@ fn returns_the_input_for_any_size_seed_steps_and_guidance() {
     ];
     for (h, w, steps, guidance, seed) in cases {
         let input = picture(h, w);
-        let options =
-            RestoreOptions { steps: Some(steps), guidance: Some(guidance), seed: Some(seed), ..Default::default() };
+        let options = RestoreOptions::new().steps(steps).guidance(guidance).seed(seed);
         let out = oracle.restore(&input, &options).unwrap();
         let diff = max_abs_diff(out.rgb(), input.rgb());
         assert!(diff <= TOLERANCE, "{h}x{w}, {steps} steps, guidance {guidance}, seed {seed}: max diff {diff}");
@@ -37,15 +36,13 @@ fn holds_for_every_clip_input_colour_fix_prompt_and_posterior_draw() {
     for clip_input in [ClipInput::Lq, ClipInput::InitialRestoration] {
         for color_fix in [ColorFix::Wavelet, ColorFix::None] {
             for prompt in ["zeros", "quality"] {
-                let options = RestoreOptions {
-                    steps: Some(3),
-                    clip_input: Some(clip_input),
-                    color_fix: Some(color_fix),
-                    prompt: Some(prompt.into()),
+                let options = RestoreOptions::new()
+                    .steps(3)
+                    .clip_input(clip_input)
+                    .color_fix(color_fix)
+                    .prompt(prompt)
                     // The oracle's posterior has logvar -20: a draw moves the latent by e^-10 at most.
-                    sample_posterior: prompt == "quality",
-                    ..Default::default()
-                };
+                    .sample_posterior(prompt == "quality");
                 let out = oracle.restore(&input, &options).unwrap();
                 let diff = max_abs_diff(out.rgb(), input.rgb());
                 assert!(diff <= TOLERANCE, "{options:?}: max diff {diff}");
@@ -58,8 +55,7 @@ fn holds_for_every_clip_input_colour_fix_prompt_and_posterior_draw() {
 fn upscaling_returns_the_lanczos_upsampling() {
     let oracle = restorer("oracle");
     let input = picture(24, 30);
-    let out =
-        oracle.restore(&input, &RestoreOptions { scale: Some(2.0), steps: Some(2), ..Default::default() }).unwrap();
+    let out = oracle.restore(&input, &RestoreOptions::new().scale(2.0).steps(2)).unwrap();
     assert_eq!((out.width(), out.height()), (60, 48));
     // An independent check of the upsampling: a smooth input upsampled stays close to the same function sampled
     // at the new pixel centres.
@@ -87,7 +83,7 @@ fn every_pixel_format_round_trips_with_alpha_untouched() {
             let layout = PixelLayout::packed(w, h, channels, sample);
             let bytes = pattern_bytes(&layout);
             let image = Image::from_pixels(&layout, &bytes).unwrap();
-            let out = oracle.restore(&image, &RestoreOptions { steps: Some(2), ..Default::default() }).unwrap();
+            let out = oracle.restore(&image, &RestoreOptions::new().steps(2)).unwrap();
             let mut written = vec![0u8; bytes.len()];
             out.write_pixels(&layout, &mut written).unwrap();
             let (a, b) = (decode(&layout, &bytes), decode(&layout, &written));
@@ -138,8 +134,7 @@ fn alpha_follows_the_upscale() {
     let rgb = picture(10, 12).rgb().clone();
     let alpha = Array2::from_elem((10, 12), 0.5f32);
     let image = Image::from_planes(rgb, Some(alpha)).unwrap();
-    let out =
-        oracle.restore(&image, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
+    let out = oracle.restore(&image, &RestoreOptions::new().scale(1.5).steps(1)).unwrap();
     let alpha = out.alpha().expect("alpha is carried");
     assert_eq!(alpha.dim(), (15, 18));
     assert!(alpha.iter().all(|&a| (a - 0.5).abs() < 1e-6));

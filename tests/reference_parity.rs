@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{bundle, max_abs_diff, picture, python, restorer, root};
-use dpir::{ClipInput, RestoreOptions};
+use dpir::{ClipInput, ColorFix, RestoreOptions, TileMode};
 use ndarray::Array3;
 
 /// Aim of the core issue: max abs difference on [0, 1] pixels.
@@ -22,21 +22,40 @@ struct Case {
     clip_input: ClipInput,
     /// A caption for the bundle's text encoder, replacing `prompt`.
     caption: Option<&'static str>,
+    /// Joint tiles instead of one pass.
+    joint: Option<Joint>,
+}
+
+/// Joint tiling (the official tiled sampler): tile side and overlap in latent samples, and tiles per transformer
+/// call (the reference calls one tile at a time, so batching must not change the result).
+struct Joint {
+    tile: usize,
+    overlap: usize,
+    batch: usize,
 }
 
 fn check(case: Case) {
     let tiny = restorer("tiny");
     let input = picture(case.size.0, case.size.1);
-    let options = RestoreOptions {
-        scale: Some(case.scale),
-        steps: Some(case.steps),
-        guidance: Some(case.guidance),
-        prompt: Some(case.prompt.into()),
-        prompt_text: case.caption.map(str::to_string),
-        clip_input: Some(case.clip_input),
-        seed: Some(11),
-        ..Default::default()
-    };
+    let mut options = RestoreOptions::new()
+        .scale(case.scale)
+        .steps(case.steps)
+        .guidance(case.guidance)
+        .prompt(case.prompt)
+        .clip_input(case.clip_input)
+        .seed(11);
+    options.prompt_text = case.caption.map(str::to_string);
+    if let Some(joint) = &case.joint {
+        options.tile_mode = TileMode::Joint;
+        options.tile_size = Some(joint.tile);
+        options.tile_overlap = Some(joint.overlap);
+        options.tile_batch = Some(joint.batch);
+        // The runtime fixes colour per decoded tile, the reference over the whole frame; they agree only where the
+        // tile margins cover the wavelet's reach. The sampler is what is under test.
+        options.color_fix = Some(ColorFix::None);
+        let tiles = tiny.requirements(input.width(), input.height(), &options).unwrap().tiles;
+        assert!(tiles >= 4, "{}: {tiles} tiles", case.name);
+    }
     let ours = tiny.restore_detailed(&input, &options).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +68,11 @@ fn check(case: Case) {
         ClipInput::Lq => "lq",
         ClipInput::InitialRestoration => "initial_restoration",
     };
+    let tiling = case.joint.as_ref().map(|joint| {
+        let (tile, overlap) = (joint.tile.to_string(), joint.overlap.to_string());
+        let args = ["--tile-mode", "joint", "--tile-size", &tile, "--tile-overlap", &overlap, "--color-fix", "none"];
+        args.map(String::from)
+    });
     let status = Command::new(python())
         .arg(root().join("tools/reference/dpir_reference.py"))
         .args(["--bundle".as_ref(), bundle("tiny").as_os_str()])
@@ -57,6 +81,7 @@ fn check(case: Case) {
         .args(["--scale", &case.scale.to_string(), "--steps", &case.steps.to_string()])
         .args(["--guidance", &case.guidance.to_string(), "--prompt", case.prompt, "--clip-input", clip_input])
         .args(case.caption.map(|c| ["--prompt-text", c]).into_iter().flatten())
+        .args(tiling.iter().flatten())
         .status()
         .expect("the reference pipeline starts");
     assert!(status.success(), "{}: the reference pipeline failed", case.name);
@@ -67,9 +92,7 @@ fn check(case: Case) {
     assert!(diff <= TOLERANCE, "{}: max abs difference {diff} > {TOLERANCE}", case.name);
     // The comparison means something only if the model changed the picture: the oracle returns the plain
     // (upsampled) input.
-    let plain = restorer("oracle")
-        .restore(&input, &RestoreOptions { scale: Some(case.scale), steps: Some(1), ..Default::default() })
-        .unwrap();
+    let plain = restorer("oracle").restore(&input, &RestoreOptions::new().scale(case.scale).steps(1)).unwrap();
     assert!(
         max_abs_diff(ours.image.rgb(), plain.rgb()) > 0.01,
         "{}: the tiny model left the input as it was",
@@ -88,6 +111,7 @@ fn plain_restore_matches() {
         prompt: "zeros",
         clip_input: ClipInput::Lq,
         caption: None,
+        joint: None,
     });
 }
 
@@ -102,6 +126,7 @@ fn guidance_prompt_and_initial_restoration_match() {
         prompt: "quality",
         clip_input: ClipInput::InitialRestoration,
         caption: None,
+        joint: None,
     });
 }
 
@@ -116,6 +141,7 @@ fn upscaled_and_padded_restore_matches() {
         prompt: "zeros",
         clip_input: ClipInput::Lq,
         caption: None,
+        joint: None,
     });
 }
 
@@ -130,6 +156,7 @@ fn several_global_tiles_match() {
         prompt: "zeros",
         clip_input: ClipInput::Lq,
         caption: None,
+        joint: None,
     });
 }
 
@@ -144,6 +171,7 @@ fn a_caption_through_the_text_encoder_matches() {
         prompt: "zeros",
         clip_input: ClipInput::Lq,
         caption: Some("a sharp photo of high quality"),
+        joint: None,
     });
 }
 
@@ -151,8 +179,8 @@ fn a_caption_through_the_text_encoder_matches() {
 fn the_caption_changes_the_result() {
     let tiny = restorer("tiny");
     let input = picture(40, 56);
-    let plain = RestoreOptions { steps: Some(3), ..Default::default() };
-    let captioned = RestoreOptions { prompt_text: Some("a clean detailed photo".into()), ..plain.clone() };
+    let plain = RestoreOptions::new().steps(3);
+    let captioned = plain.clone().prompt_text("a clean detailed photo");
     let (a, b) = (tiny.restore(&input, &plain).unwrap(), tiny.restore(&input, &captioned).unwrap());
     assert!(max_abs_diff(a.rgb(), b.rgb()) > 1e-3, "the text encoder's block reaches the transformer");
 }
@@ -168,5 +196,38 @@ fn initial_restoration_over_several_global_tiles_matches() {
         prompt: "zeros",
         clip_input: ClipInput::InitialRestoration,
         caption: None,
+        joint: None,
+    });
+}
+
+#[test]
+fn joint_tiles_match() {
+    // 90x120 pads to a 12x16 latent: 2x3 tiles of 8 latent samples.
+    check(Case {
+        name: "joint tiles",
+        size: (90, 120),
+        scale: 1.0,
+        steps: 3,
+        guidance: 1.0,
+        prompt: "zeros",
+        clip_input: ClipInput::Lq,
+        caption: None,
+        joint: Some(Joint { tile: 8, overlap: 2, batch: 1 }),
+    });
+}
+
+#[test]
+fn guided_joint_tiles_with_initial_restoration_match() {
+    // 100x130 pads to a 14x18 latent: 3x4 tiles, three per transformer call.
+    check(Case {
+        name: "joint tiles, guided",
+        size: (100, 130),
+        scale: 1.0,
+        steps: 3,
+        guidance: 2.5,
+        prompt: "quality",
+        clip_input: ClipInput::InitialRestoration,
+        caption: None,
+        joint: Some(Joint { tile: 8, overlap: 4, batch: 3 }),
     });
 }

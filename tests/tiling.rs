@@ -12,13 +12,7 @@ use dpir::{
 use ndarray::{s, Array3};
 
 fn options(mode: TileMode, tile: usize, overlap: usize, steps: usize) -> RestoreOptions {
-    RestoreOptions {
-        tile_mode: mode,
-        tile_size: Some(tile),
-        tile_overlap: Some(overlap),
-        steps: Some(steps),
-        ..Default::default()
-    }
+    RestoreOptions::new().tile_mode(mode).tile_size(tile).tile_overlap(overlap).steps(steps)
 }
 
 /// An image as a packed float RGB buffer.
@@ -45,13 +39,8 @@ fn render_region(model: &Restorer, image: &Image, rect: Rect, opts: &RestoreOpti
     let layout = PixelLayout::packed(rect.width, rect.height, 3, SampleType::F32);
     let mut out: Vec<u8> =
         std::iter::repeat_n(f32::NAN.to_ne_bytes(), rect.width * rect.height * 3).flatten().collect();
-    let region = Region {
-        source: Pixels::new(crop_layout, &crop_bytes).unwrap(),
-        origin: (roi.x, roi.y),
-        frame,
-        rect,
-        context: Some(Pixels::new(frame_layout, &frame_bytes).unwrap()),
-    };
+    let region = Region::new(Pixels::new(crop_layout, &crop_bytes).unwrap(), (roi.x, roi.y), frame, rect)
+        .with_context(Pixels::new(frame_layout, &frame_bytes).unwrap());
     model.restore_region(&region, &mut PixelsMut::new(layout, &mut out).unwrap(), opts).unwrap();
     let values: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
     assert!(values.iter().all(|v| v.is_finite()), "every destination pixel was written");
@@ -82,10 +71,9 @@ fn oracle_identity_for_every_mode_tile_size_and_overlap() {
 fn oracle_identity_when_upscaling_in_tiles() {
     let oracle = restorer("oracle");
     let input = picture(30, 44);
-    let untiled =
-        oracle.restore(&input, &RestoreOptions { scale: Some(1.5), steps: Some(1), ..Default::default() }).unwrap();
+    let untiled = oracle.restore(&input, &RestoreOptions::new().scale(1.5).steps(1)).unwrap();
     for mode in [TileMode::Independent, TileMode::Joint] {
-        let tiled = oracle.restore(&input, &RestoreOptions { scale: Some(1.5), ..options(mode, 8, 2, 1) }).unwrap();
+        let tiled = oracle.restore(&input, &options(mode, 8, 2, 1).scale(1.5)).unwrap();
         let diff = max_abs_diff(tiled.rgb(), untiled.rgb());
         assert!(diff <= 1e-3, "{mode:?}: max diff {diff} from the untiled upscale");
     }
@@ -97,11 +85,7 @@ fn joint_mode_batches_any_number_of_tiles_with_and_without_guidance() {
     let input = picture(40, 72);
     for batch in [1, 2, 3, 64] {
         for guidance in [1.0, 2.5] {
-            let opts = RestoreOptions {
-                tile_batch: Some(batch),
-                guidance: Some(guidance),
-                ..options(TileMode::Joint, 8, 2, 2)
-            };
+            let opts = options(TileMode::Joint, 8, 2, 2).tile_batch(batch).guidance(guidance);
             let restored = oracle.restore_detailed(&input, &opts).unwrap();
             let diff = max_abs_diff(restored.image.rgb(), input.rgb());
             assert!(diff <= 1e-3, "batch {batch}, guidance {guidance}: max diff {diff}");
@@ -124,7 +108,7 @@ fn independent_regions_equal_the_full_render() {
     for (bundle, scale, tolerance, (h, w), tile, overlap) in cases {
         let model = restorer(bundle);
         let image = picture(h, w);
-        let opts = RestoreOptions { scale: Some(scale), ..options(TileMode::Independent, tile, overlap, 3) };
+        let opts = options(TileMode::Independent, tile, overlap, 3).scale(scale);
         let full = model.restore(&image, &opts).unwrap();
         let (fw, fh) = (full.width(), full.height());
         for rect in [
@@ -154,8 +138,7 @@ fn a_crop_smaller_than_the_region_of_interest_is_refused() {
         packed(&Image::from_planes(image.rgb().slice(s![.., 20..30, 30..40]).to_owned(), None).unwrap());
     let out_layout = PixelLayout::packed(10, 10, 3, SampleType::F32);
     let mut out = vec![7u8; 10 * 10 * 12];
-    let region =
-        Region { source: Pixels::new(layout, &bytes).unwrap(), origin: (30, 20), frame: (80, 60), rect, context: None };
+    let region = Region::new(Pixels::new(layout, &bytes).unwrap(), (30, 20), (80, 60), rect);
     let error = oracle.restore_region(&region, &mut PixelsMut::new(out_layout, &mut out).unwrap(), &opts).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidImage);
     assert!(error.to_string().contains("source crop covers"), "{error}");
@@ -172,14 +155,59 @@ fn joint_regions_approach_the_full_render() {
     let expected = full.rgb().slice(s![.., rect.y..rect.bottom(), rect.x..rect.right()]).to_owned();
     let mut last = f32::INFINITY;
     for margin in [0, 64, 1000] {
-        let region =
-            render_region(&tiny, &image, rect, &RestoreOptions { context_margin: Some(margin), ..opts.clone() });
+        let region = render_region(&tiny, &image, rect, &opts.clone().context_margin(margin));
         let diff = max_abs_diff(&region, &expected);
         eprintln!("joint region, context margin {margin} px: max abs difference {diff:.2e}");
         assert!(diff <= last + 1e-6, "more context must not move the region further from the full render");
         last = diff;
     }
     assert!(last <= 1e-4, "a margin covering the frame samples the whole frame: {last}");
+}
+
+/// A frame made once restores each region exactly as `restore_region` does, and pays for the global prompt once:
+/// N regions run the global CLIP batch once, not N times.
+#[test]
+fn a_frame_restores_regions_as_restore_region_does_with_one_global_prompt() {
+    let tiny = restorer("tiny");
+    // Global tiles of 48 pixels: a 150x200 frame has 12 (the tiny bundle keeps 10), so the global batch stands
+    // out from the tiles' own CLIP passes (batches of one).
+    let image = picture(150, 200);
+    let opts = options(TileMode::Independent, 8, 2, 2).clip_input(dpir::ClipInput::InitialRestoration);
+    let (frame_layout, frame_bytes) = packed(&image);
+    let whole = Pixels::new(frame_layout, &frame_bytes).unwrap();
+    let frame_size = (image.width(), image.height());
+    let rects = [Rect::new(0, 0, 64, 48), Rect::new(64, 0, 136, 48), Rect::new(0, 48, 200, 102)];
+    let clip_global_runs = || tiny.graph_runs().into_iter().find(|(file, _)| *file == "clip_global.onnx").unwrap().1;
+
+    let before = clip_global_runs();
+    let expected: Vec<Array3<f32>> = rects.iter().map(|&rect| render_region(&tiny, &image, rect, &opts)).collect();
+    let per_region = clip_global_runs() - before;
+
+    let before = clip_global_runs();
+    let frame = tiny.frame(frame_size, whole, &opts).unwrap();
+    assert_eq!(clip_global_runs() - before, 1, "the frame runs the global prompt's batch once");
+    assert_eq!((frame.input_size(), frame.output_size()), (frame_size, frame_size));
+    for (rect, expected) in rects.iter().zip(&expected) {
+        let roi = frame.region_of_interest(*rect).unwrap();
+        assert_eq!(roi, tiny.region_of_interest(frame_size, *rect, &opts).unwrap());
+        let crop = image.rgb().slice(s![.., roi.y..roi.bottom(), roi.x..roi.right()]).to_owned();
+        let (crop_layout, crop_bytes) = packed(&Image::from_planes(crop, None).unwrap());
+        let layout = PixelLayout::packed(rect.width, rect.height, 3, SampleType::F32);
+        let mut out = vec![0u8; layout.validate().unwrap()];
+        let source = Pixels::new(crop_layout, &crop_bytes).unwrap();
+        let control = dpir::Control::new();
+        frame
+            .restore_region(&source, (roi.x, roi.y), *rect, &mut PixelsMut::new(layout, &mut out).unwrap(), &control)
+            .unwrap();
+        assert_eq!(
+            &planes(&layout, &out),
+            expected,
+            "{rect:?}: the frame's region equals restore_region's, bit for bit"
+        );
+    }
+    let per_frame = clip_global_runs() - before;
+    eprintln!("clip_global runs for {} regions: {per_region} one by one, {per_frame} through a frame", rects.len());
+    assert_eq!(per_region - per_frame, rects.len() as u64 - 1, "only the frame's one global batch is saved");
 }
 
 /// How much texture a column holds: the standard deviation down the column, averaged over channels.
@@ -219,10 +247,7 @@ fn blending_hides_seams_on_a_smooth_gradient() {
     )
     .unwrap();
     // The raw model output shows seams best; the colour fix would hide part of them.
-    let raw = |tile, overlap| RestoreOptions {
-        color_fix: Some(ColorFix::None),
-        ..options(TileMode::Independent, tile, overlap, 4)
-    };
+    let raw = |tile, overlap| options(TileMode::Independent, tile, overlap, 4).color_fix(ColorFix::None);
     let untiled = tiny.restore(&gradient, &raw(48, 0)).unwrap();
     let mut scores = Vec::new();
     for overlap in [0, 2, 4] {
@@ -249,13 +274,10 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
     let image = picture(40, 72);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    let opts = RestoreOptions {
-        progress: Some(Arc::new(move |p: &dpir::Progress| {
-            log.lock().unwrap().push((p.tile, p.tiles));
-            true
-        })),
-        ..options(TileMode::Independent, 8, 2, 2)
-    };
+    let opts = options(TileMode::Independent, 8, 2, 2).progress(move |p: &dpir::Progress| {
+        log.lock().unwrap().push((p.tile, p.tiles));
+        true
+    });
     let requirements = oracle.requirements(72, 40, &opts).unwrap();
     let (layout, bytes) = packed(&image);
     let mut out = vec![0u8; bytes.len()];
@@ -271,8 +293,7 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
     assert!(max_abs_diff(&planes(&layout, &out), image.rgb()) <= 1e-3);
 
     for mode in [TileMode::Independent, TileMode::Joint] {
-        let opts =
-            RestoreOptions { progress: Some(Arc::new(|p: &dpir::Progress| p.tile < 3)), ..options(mode, 8, 2, 2) };
+        let opts = options(mode, 8, 2, 2).progress(|p: &dpir::Progress| p.tile < 3);
         let mut out = vec![0xA5u8; bytes.len()];
         let error = oracle
             .restore_pixels(
@@ -291,10 +312,7 @@ fn regions_equal_the_full_render_with_clip_on_the_initial_restoration() {
     // Tiles of 64 px without overlap coincide with the tiny bundle's 64 px global tiles at the frame's corner.
     let tiny = restorer("tiny");
     let image = picture(128, 192);
-    let opts = RestoreOptions {
-        clip_input: Some(dpir::ClipInput::InitialRestoration),
-        ..options(TileMode::Independent, 8, 0, 2)
-    };
+    let opts = options(TileMode::Independent, 8, 0, 2).clip_input(dpir::ClipInput::InitialRestoration);
     let full = tiny.restore(&image, &opts).unwrap();
     for rect in [Rect::new(0, 0, 64, 64), Rect::new(40, 30, 100, 60)] {
         let region = render_region(&tiny, &image, rect, &opts);

@@ -180,12 +180,9 @@ fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
 
 fn load(args: ModelArgs) -> dpir::Result<Restorer> {
     let dir = bundle_dir(args.model);
-    let options = RuntimeOptions {
-        onnxruntime_library: args.ort_lib,
-        execution_provider: args.ep,
-        threads: args.threads,
-        gpu_memory_limit: args.gpu_memory_limit,
-    };
+    let mut options = RuntimeOptions::new().execution_provider(args.ep).threads(args.threads);
+    options.onnxruntime_library = args.ort_lib;
+    options.gpu_memory_limit = args.gpu_memory_limit;
     Restorer::load(dir, &options)
 }
 
@@ -231,33 +228,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ),
                 None => None,
             };
-            let options = RestoreOptions {
-                scale: Some(scale),
-                steps,
-                seed,
-                guidance,
-                prompt,
-                prompt_text,
-                clip_input: clip_input.map(|c| match c {
-                    ClipInputArg::Lq => ClipInput::Lq,
-                    ClipInputArg::InitialRestoration => ClipInput::InitialRestoration,
-                }),
-                color_fix: color_fix.map(|c| match c {
-                    ColorFixArg::Wavelet => ColorFix::Wavelet,
-                    ColorFixArg::None => ColorFix::None,
-                }),
-                sample_posterior,
-                noise,
-                tile_mode: match tile_mode {
-                    TileModeArg::Independent => TileMode::Independent,
-                    TileModeArg::Joint => TileMode::Joint,
-                },
-                tile_size,
-                tile_overlap,
-                tile_batch,
-                progress: (!quiet).then(progress_bar),
-                ..Default::default()
+            let mut options = RestoreOptions::new().scale(scale).sample_posterior(sample_posterior);
+            options.tile_mode = match tile_mode {
+                TileModeArg::Independent => TileMode::Independent,
+                TileModeArg::Joint => TileMode::Joint,
             };
+            options.clip_input = clip_input.map(|c| match c {
+                ClipInputArg::Lq => ClipInput::Lq,
+                ClipInputArg::InitialRestoration => ClipInput::InitialRestoration,
+            });
+            options.color_fix = color_fix.map(|c| match c {
+                ColorFixArg::Wavelet => ColorFix::Wavelet,
+                ColorFixArg::None => ColorFix::None,
+            });
+            (options.steps, options.seed, options.guidance) = (steps, seed, guidance);
+            (options.prompt, options.prompt_text, options.noise) = (prompt, prompt_text, noise);
+            (options.tile_size, options.tile_overlap, options.tile_batch) = (tile_size, tile_overlap, tile_batch);
+            options.progress = (!quiet).then(progress_bar);
             let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
             let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
             let mut restored = vec![0u8; out_layout.validate()?];
@@ -291,8 +278,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Info { dir, ort_lib } => {
             let dir = bundle_dir(dir);
-            let restorer =
-                Restorer::load(&dir, &RuntimeOptions { onnxruntime_library: ort_lib, ..Default::default() })?;
+            let mut options = RuntimeOptions::new();
+            options.onnxruntime_library = ort_lib;
+            let restorer = Restorer::load(&dir, &options)?;
             println!("bundle: {}", dir.display());
             println!("onnxruntime: {}", restorer.onnxruntime_library().display());
             println!("manifest:\n{}", serde_json::to_string_pretty(restorer.manifest())?);
@@ -333,8 +321,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             for size in sizes {
                 let image = synthetic(size);
-                let single = RestoreOptions { steps: Some(steps), ..Default::default() };
-                let tiled = tile_size.map(|tile| RestoreOptions { tile_size: Some(tile), ..single.clone() });
+                let single = RestoreOptions::new().steps(steps);
+                let tiled = tile_size.map(|tile| single.clone().tile_size(tile));
                 for (name, options) in [("single", Some(single)), ("tiled", tiled)] {
                     let Some(options) = options else { continue };
                     // The first run after loading pays for kernel selection and memory growth: shown apart.

@@ -8,7 +8,8 @@ use super::{
     c_enum_from_u32, call, call_quietly, dpir_status, init_struct, put, read_struct, Failure, Outcome, Versioned,
 };
 use crate::{
-    CancelToken, ClipInput, ColorFix, ExecutionProvider, Progress, RestoreOptions, RuntimeOptions, Stage, TileMode,
+    CancelToken, ClipInput, ColorFix, Control, ExecutionProvider, Progress, RestoreOptions, RuntimeOptions, Stage,
+    TileMode,
 };
 
 /// `seed` of `dpir_restore_options` meaning "the bundle's default seed".
@@ -156,6 +157,9 @@ pub struct dpir_progress {
     pub tile: u32,
     /// Tiles of this restore (1 when the image fits one pass).
     pub tiles: u32,
+    /// How much of the whole call is done, 0 to 1, never decreasing within a call: what a progress bar shows.
+    /// Libraries before 0.2 leave it unset (check `dpir_version()`).
+    pub fraction: f32,
 }
 
 /// A progress callback: called before each model call with `user_data` from the options. Return 0 to go on,
@@ -357,12 +361,8 @@ pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcom
         let text = unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| bad(format!("{name} is not UTF-8")))?;
         Ok(Some(text.to_owned()))
     };
-    // SAFETY: NULL or live, by the caller's contract.
-    let cancel = unsafe { options.cancel.as_ref() }.map(|cancel| cancel.token.clone());
-    let progress = options.progress.map(|function| {
-        let callback = Callback { function, user_data: options.progress_user_data, serial: Mutex::new(()) };
-        Arc::new(move |progress: &Progress| callback.report(progress)) as Arc<crate::ProgressFn>
-    });
+    // SAFETY: forwarded from the caller.
+    let control = unsafe { control(options.progress, options.progress_user_data, options.cancel) };
     let rust = RestoreOptions {
         scale: Some(options.scale),
         steps: (options.steps != 0).then_some(options.steps as usize),
@@ -373,16 +373,34 @@ pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcom
         clip_input,
         color_fix,
         sample_posterior: options.sample_posterior != 0,
-        progress,
+        progress: control.progress,
         tile_mode,
         tile_size: (options.tile_size != 0).then_some(options.tile_size as usize),
         tile_overlap: automatic("tile_overlap", options.tile_overlap)?,
         tile_batch: (options.tile_batch != 0).then_some(options.tile_batch as usize),
         context_margin: automatic("context_margin", options.context_margin)?,
-        cancel,
+        cancel: control.cancel,
         ..RestoreOptions::default()
     };
     Ok(rust)
+}
+
+/// A C caller's progress callback with its user data, and cancel handle, as a [`Control`].
+///
+/// # Safety
+/// `cancel` must be NULL or live.
+pub(crate) unsafe fn control(
+    progress: Option<dpir_progress_fn>,
+    user_data: *mut c_void,
+    cancel: *const dpir_cancel,
+) -> Control {
+    // SAFETY: NULL or live, by the caller's contract.
+    let cancel = unsafe { cancel.as_ref() }.map(|cancel| cancel.token.clone());
+    let progress = progress.map(|function| {
+        let callback = Callback { function, user_data, serial: Mutex::new(()) };
+        Arc::new(move |progress: &Progress| callback.report(progress)) as Arc<crate::ProgressFn>
+    });
+    Control { progress, cancel }
 }
 
 /// A C progress callback with its user data.
@@ -411,6 +429,7 @@ impl Callback {
             steps: count(progress.steps),
             tile: count(progress.tile),
             tiles: count(progress.tiles),
+            fraction: progress.fraction,
         };
         // SAFETY: the caller gave this function for these arguments; the report lives during the call.
         unsafe { (self.function)(&report, self.user_data) == 0 }
@@ -526,7 +545,7 @@ mod tests {
         // SAFETY: a live struct.
         let rust = unsafe { restore_options(&options) }.unwrap();
         let callback = rust.progress.unwrap();
-        let report = |stage| Progress { stage, step: 0, steps: 4, tile: 1, tiles: 1 };
+        let report = |stage| Progress::per_tile(stage, 0, 4, 1, 1);
         assert!(callback(&report(Stage::Encode)));
         assert!(!callback(&report(Stage::Sample)));
         assert_eq!(seen, 2);

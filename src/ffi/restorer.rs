@@ -45,11 +45,21 @@ pub struct dpir_restorer_info {
     pub default_seed: u64,
     /// 1 when the bundle has a text encoder, so `dpir_restore_options.prompt_text` can be used; else 0.
     pub has_text_encoder: u32,
+    /// Tile side, in latent samples, when the options leave it at 0 (capped at one pass).
+    pub default_tile_size: u32,
+    /// Tile overlap, in latent samples, when the options leave it at -1.
+    pub default_tile_overlap: u32,
+    /// Pixels per latent sample along each side: a tile of `default_tile_size` covers that many times as many
+    /// pixels.
+    pub pixels_per_latent: u32,
+    /// Output size / input size when the options leave the scale at its default.
+    pub default_scale: f32,
 }
 
 impl Versioned for dpir_restorer_info {
     const NAME: &'static str = "dpir_restorer_info";
-    const SIZES: &'static [usize] = &[std::mem::size_of::<dpir_restorer_info>()];
+    // 64: before the tile defaults, the pixels per latent and the scale.
+    const SIZES: &'static [usize] = &[64, std::mem::size_of::<dpir_restorer_info>()];
 
     fn defaults() -> dpir_restorer_info {
         dpir_restorer_info {
@@ -63,7 +73,17 @@ impl Versioned for dpir_restorer_info {
             default_guidance: 0.0,
             default_seed: 0,
             has_text_encoder: 0,
+            default_tile_size: 0,
+            default_tile_overlap: 0,
+            pixels_per_latent: 0,
+            default_scale: 1.0,
         }
+    }
+}
+
+impl dpir_restorer {
+    pub(super) fn restorer(&self) -> &Restorer {
+        &self.restorer
     }
 }
 
@@ -154,6 +174,10 @@ pub unsafe extern "C" fn dpir_restorer_get_info(
             default_guidance: manifest.defaults.guidance,
             default_seed: manifest.defaults.seed,
             has_text_encoder: handle.restorer.has_text_encoder() as u32,
+            default_tile_size: u32::try_from(manifest.default_tile()).unwrap_or(u32::MAX),
+            default_tile_overlap: u32::try_from(manifest.defaults.latent_overlap).unwrap_or(u32::MAX),
+            pixels_per_latent: u32::try_from(manifest.latent.downscale).unwrap_or(u32::MAX),
+            default_scale: 1.0,
         };
         // SAFETY: forwarded from the caller.
         unsafe { write_struct(info, size, value, "info") }

@@ -23,7 +23,8 @@ pub enum ExecutionProvider {
     /// NVIDIA TensorRT on the given device, optionally in fp16, with CUDA for what TensorRT cannot run. Engines
     /// and TensorRT's timing cache persist under `engine_cache` (default `$XDG_CACHE_HOME/dpir/tensorrt`), in a
     /// folder per bundle, GPU, TensorRT version and input shapes. Needs `libonnxruntime_providers_tensorrt.so`
-    /// and TensorRT 10 (`libnvinfer`).
+    /// and TensorRT 10 (`libnvinfer`). Made with [`ExecutionProvider::tensorrt`].
+    #[non_exhaustive]
     TensorRt {
         /// CUDA device ordinal.
         device: i32,
@@ -37,6 +38,21 @@ pub enum ExecutionProvider {
 }
 
 impl ExecutionProvider {
+    /// TensorRT on CUDA device `device`, building fp16 engines, with the per-user engine cache.
+    pub fn tensorrt(device: i32) -> ExecutionProvider {
+        ExecutionProvider::TensorRt { device, fp16: true, engine_cache: None }
+    }
+
+    /// TensorRT with the engine cache under `root` instead of the per-user folder; other providers unchanged.
+    pub fn with_engine_cache(self, root: impl Into<PathBuf>) -> ExecutionProvider {
+        match self {
+            ExecutionProvider::TensorRt { device, fp16, .. } => {
+                ExecutionProvider::TensorRt { device, fp16, engine_cache: Some(root.into()) }
+            }
+            other => other,
+        }
+    }
+
     /// Parses `cpu`, `cuda`, `cuda:N`, `tensorrt`, `tensorrt:N` or `auto`.
     pub fn parse(text: &str) -> Option<ExecutionProvider> {
         let (name, device) = match text.split_once(':') {
@@ -46,7 +62,7 @@ impl ExecutionProvider {
         match name {
             "cpu" if !text.contains(':') => Some(ExecutionProvider::Cpu),
             "cuda" => Some(ExecutionProvider::Cuda { device }),
-            "tensorrt" | "trt" => Some(ExecutionProvider::TensorRt { device, fp16: true, engine_cache: None }),
+            "tensorrt" | "trt" => Some(ExecutionProvider::tensorrt(device)),
             "auto" if !text.contains(':') => Some(ExecutionProvider::Auto),
             _ => None,
         }
@@ -55,11 +71,9 @@ impl ExecutionProvider {
     /// The providers to try in order; the first that registers is used.
     pub(crate) fn attempts(&self) -> Vec<ExecutionProvider> {
         match self {
-            ExecutionProvider::Auto => vec![
-                ExecutionProvider::TensorRt { device: 0, fp16: true, engine_cache: None },
-                ExecutionProvider::Cuda { device: 0 },
-                ExecutionProvider::Cpu,
-            ],
+            ExecutionProvider::Auto => {
+                vec![ExecutionProvider::tensorrt(0), ExecutionProvider::Cuda { device: 0 }, ExecutionProvider::Cpu]
+            }
             other => vec![other.clone()],
         }
     }

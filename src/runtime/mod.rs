@@ -7,6 +7,7 @@ mod library;
 mod tensorrt;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
@@ -22,8 +23,10 @@ pub(crate) use tensorrt::{bundle_key, GraphHints, Profile, ProfileInput};
 
 use crate::error::{Error, Result};
 
-/// How sessions are created.
+/// How sessions are created. Build them with the setters (`RuntimeOptions::new().threads(4)`) or set the
+/// public fields of a [`RuntimeOptions::default`]; fields are only ever added.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RuntimeOptions {
     /// Path of `libonnxruntime.so`; `None` searches (see the README's lookup order).
     pub onnxruntime_library: Option<PathBuf>,
@@ -35,6 +38,37 @@ pub struct RuntimeOptions {
     /// Runtime's `gpu_mem_limit`; the five graphs have an arena each, and cuDNN's workspaces come on top).
     /// `None`: no limit. A run that needs more fails with ONNX Runtime's out-of-memory error.
     pub gpu_memory_limit: Option<usize>,
+}
+
+impl RuntimeOptions {
+    /// The defaults: the library searched for, the CPU, one thread per core, no memory limit.
+    pub fn new() -> RuntimeOptions {
+        RuntimeOptions::default()
+    }
+
+    /// Sets the `onnxruntime_library` field (see there).
+    pub fn onnxruntime_library(mut self, path: impl Into<PathBuf>) -> RuntimeOptions {
+        self.onnxruntime_library = Some(path.into());
+        self
+    }
+
+    /// Sets the `execution_provider` field (see there).
+    pub fn execution_provider(mut self, provider: ExecutionProvider) -> RuntimeOptions {
+        self.execution_provider = provider;
+        self
+    }
+
+    /// Sets the `threads` field (see there).
+    pub fn threads(mut self, threads: usize) -> RuntimeOptions {
+        self.threads = threads;
+        self
+    }
+
+    /// Sets the `gpu_memory_limit` field (see there), in bytes.
+    pub fn gpu_memory_limit(mut self, bytes: usize) -> RuntimeOptions {
+        self.gpu_memory_limit = Some(bytes);
+        self
+    }
 }
 
 /// One input or output as the graph declares it. Dynamic axes are `None`.
@@ -56,6 +90,8 @@ pub(crate) struct Graph {
     session: Mutex<Session>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+    /// Runs since loading, from every thread.
+    runs: AtomicU64,
 }
 
 /// Loads the library (once per process) and chooses the provider: the first of `options`' attempts that registers.
@@ -161,7 +197,14 @@ impl Graph {
         let inputs = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
         let device = provider.device();
-        Ok(Graph { file: file.to_path_buf(), device, session: Mutex::new(session), inputs, outputs })
+        Ok(Graph {
+            file: file.to_path_buf(),
+            device,
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+            runs: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn file(&self) -> &Path {
@@ -174,6 +217,11 @@ impl Graph {
 
     pub(crate) fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
+    }
+
+    /// Runs since loading.
+    pub(crate) fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Runs the graph on f32 inputs, converting to and from the graph's own float type, and returns the named
@@ -255,6 +303,7 @@ impl Graph {
             values.push((name.to_string(), SessionInputValue::from(&value.0)));
         }
         let mut session = self.session.lock();
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = session.run(values).map_err(|e| fail(e.to_string()))?;
         timer.add(started.elapsed());
@@ -282,6 +331,7 @@ impl Graph {
         let fail = |message: String| Error::Onnx { graph: self.file.display().to_string(), message };
         let value = Tensor::from_array((shape.to_vec(), ids)).map_err(|e| fail(e.to_string()))?;
         let mut session = self.session.lock();
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = session
             .run(vec![(input.to_string(), SessionInputValue::from(value.into_dyn()))])

@@ -16,7 +16,7 @@ pub fn bundle(name: &str) -> PathBuf {
 }
 
 pub fn restorer(name: &str) -> Restorer {
-    Restorer::load(bundle(name), &RuntimeOptions { threads: 1, ..Default::default() }).expect("fixture bundle loads")
+    Restorer::load(bundle(name), &RuntimeOptions::new().threads(1)).expect("fixture bundle loads")
 }
 
 /// A smooth picture with detail, different in each channel, values inside (0, 1).
