@@ -77,6 +77,7 @@ struct Free {
     void operator()(dpir_restorer *p) const noexcept { dpir_restorer_free(p); }
     void operator()(dpir_image *p) const noexcept { dpir_image_free(p); }
     void operator()(dpir_cancel *p) const noexcept { dpir_cancel_free(p); }
+    void operator()(dpir_frame *p) const noexcept { dpir_frame_free(p); }
 };
 }  // namespace detail
 
@@ -254,6 +255,50 @@ public:
 
 private:
     std::unique_ptr<dpir_restorer, detail::Free> handle_;
+};
+
+/**
+ * One frame being restored region by region (a host rendering tiles): its global prompt is computed once, from
+ * `context` (the whole frame at any resolution), when the Frame is made. Thread-safe. Keeps the model loaded.
+ */
+class Frame {
+public:
+    Frame(const Restorer &restorer, uint32_t frame_width, uint32_t frame_height, const dpir_pixels &context,
+          const RestoreOptions &options = RestoreOptions()) {
+        dpir_frame *handle = nullptr;
+        detail::with_options(options, [&](const dpir_restore_options *raw) {
+            return dpir_frame_new(restorer.get(), frame_width, frame_height, &context, raw, &handle);
+        });
+        handle_.reset(handle);
+    }
+
+    /** The input pixels a restore of `rect` reads. */
+    dpir_rect region_of_interest(const dpir_rect &rect) const {
+        dpir_rect roi;
+        check(dpir_frame_region_of_interest(handle_.get(), &rect, &roi));
+        return roi;
+    }
+
+    /**
+     * Restores `region.rect` (frame size 0 or the frame's, no context) into `destination` (rect-sized);
+     * `on_progress` returns false to cancel, and an exception it throws is rethrown here.
+     */
+    void restore_region(const dpir_region &region, const dpir_pixels &destination,
+                        const std::function<bool(const dpir_progress &)> &on_progress = nullptr,
+                        const Cancel *cancel = nullptr) const {
+        detail::Progress progress{&on_progress, nullptr};
+        dpir_status status =
+            dpir_frame_restore_region(handle_.get(), &region, &destination, on_progress ? &detail::Progress::report : nullptr,
+                                      &progress, cancel ? cancel->get() : nullptr);
+        if (progress.error) std::rethrow_exception(progress.error);
+        check(status);
+    }
+
+    /** The C handle. */
+    const dpir_frame *get() const noexcept { return handle_.get(); }
+
+private:
+    std::unique_ptr<dpir_frame, detail::Free> handle_;
 };
 
 }  // namespace dpir

@@ -363,6 +363,8 @@ static void test_info_and_requirements(dpir_restorer *oracle) {
     CHECK(strcmp(info.execution_provider_name, "cpu") == 0 && info.execution_provider == DPIR_EXECUTION_PROVIDER_CPU);
     CHECK(strstr(info.onnxruntime_library, "libonnxruntime") != NULL);
     CHECK(info.default_steps >= 1 && info.default_guidance >= 1.0f && info.has_text_encoder == 0);
+    CHECK(info.default_tile_size >= 1 && info.default_tile_overlap < info.default_tile_size);
+    CHECK(info.pixels_per_latent >= 1 && info.default_scale == 1.0f);
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_restorer_get_info(NULL, &info, sizeof info));
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_restorer_get_info(oracle, NULL, sizeof info));
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_restorer_get_info(oracle, &info, sizeof info + 1));
@@ -452,6 +454,7 @@ static void test_info_and_requirements(dpir_restorer *oracle) {
 
 typedef struct {
     int reports, consistent, last_stage, samples, steps, cancel_at_sample;
+    float fraction; /* the last report's: never decreasing, within [0, 1] */
 } progress_log;
 
 static int log_progress(const dpir_progress *progress, void *user_data) {
@@ -460,6 +463,8 @@ static int log_progress(const dpir_progress *progress, void *user_data) {
     log->last_stage = (int)progress->stage;
     if (progress->size != sizeof *progress || progress->stage > DPIR_STAGE_DECODE) log->consistent = 0;
     if (progress->tile < 1 || progress->tile > progress->tiles || progress->step > progress->steps) log->consistent = 0;
+    if (progress->fraction < log->fraction || progress->fraction > 1.0f) log->consistent = 0;
+    log->fraction = progress->fraction;
     if (progress->stage == DPIR_STAGE_SAMPLE) {
         if ((int)progress->step != log->samples) log->consistent = 0; /* steps done so far: 0, 1, 2, ... */
         log->samples++;
@@ -555,7 +560,7 @@ static void test_restores(dpir_restorer *oracle, dpir_restorer *broken) {
     CHECK(memcmp(output, input, W * H * 4) == 0);
 
     /* Progress: every step reported, in order; a nonzero return cancels and nothing is written. */
-    progress_log log = {0, 1, 0, 0, 0, 0};
+    progress_log log = {0, 1, 0, 0, 0, 0, 0.0f};
     options.progress = log_progress;
     options.progress_user_data = &log;
     options.steps = 3;
@@ -667,11 +672,45 @@ static void test_regions(dpir_restorer *tiny) {
     EXPECT(DPIR_STATUS_INVALID_IMAGE, dpir_restore_region(tiny, &region, &wrong_size, &options));
     EXPECT(DPIR_STATUS_INVALID_IMAGE, dpir_restore_region(tiny, &region, &crop_pixels, &options)); /* overlaps */
     CHECK(all_bytes(part, (size_t)rect.width * rect.height * 3, 0xCD));
+
+    /* A frame made once (global prompt from the whole frame) restores the same region, identically. */
+    dpir_frame *made = (dpir_frame *)(uintptr_t)1;
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_frame_new(NULL, W, H, &frame, &options, &made));
+    CHECK(made == NULL);
+    EXPECT(DPIR_STATUS_INVALID_IMAGE, dpir_frame_new(tiny, 0, H, &frame, &options, &made));
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_frame_new(tiny, W, H, NULL, &options, &made));
+    EXPECT(DPIR_STATUS_OK, dpir_frame_new(tiny, W, H, &frame, &options, &made));
+    dpir_rect frame_roi;
+    EXPECT(DPIR_STATUS_OK, dpir_frame_region_of_interest(made, &rect, &frame_roi));
+    CHECK(memcmp(&frame_roi, &roi, sizeof roi) == 0);
+    dpir_region in_frame = region;
+    in_frame.context = NULL;
+    EXPECT(DPIR_STATUS_OK, dpir_frame_restore_region(made, &in_frame, &part_pixels, NULL, NULL, NULL));
+    same = 1;
+    for (uint32_t y = 0; y < rect.height; y++)
+        same &= memcmp(part + (size_t)y * rect.width * 3, full + ((size_t)(rect.y + y) * W + rect.x) * 3,
+                       rect.width * 3) == 0;
+    CHECK(same);
+    memset(part, 0xCD, (size_t)rect.width * rect.height * 3);
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_frame_restore_region(made, &region, &part_pixels, NULL, NULL, NULL));
+    broken = in_frame;
+    broken.frame_width = W + 1; /* not the frame's size */
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_frame_restore_region(made, &broken, &part_pixels, NULL, NULL, NULL));
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_frame_restore_region(NULL, &in_frame, &part_pixels, NULL, NULL, NULL));
+    dpir_cancel *cancel = NULL;
+    EXPECT(DPIR_STATUS_OK, dpir_cancel_new(&cancel));
+    dpir_cancel_request(cancel);
+    EXPECT(DPIR_STATUS_CANCELLED, dpir_frame_restore_region(made, &in_frame, &part_pixels, NULL, NULL, cancel));
+    dpir_cancel_free(cancel);
+    CHECK(all_bytes(part, (size_t)rect.width * rect.height * 3, 0xCD));
+    dpir_frame_free(made);
+    dpir_frame_free(NULL);
+
     free(input);
     free(full);
     free(crop);
     free(part);
-    printf("regions: a region equals that part of the whole-frame restore (%llu tiles)\n",
+    printf("regions: a region equals that part of the whole-frame restore (%llu tiles), through a frame too\n",
            (unsigned long long)needs.tiles);
 }
 

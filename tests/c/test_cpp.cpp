@@ -109,6 +109,21 @@ int main(int argc, char **argv) {
     restorer.restore_region(region, part_pixels, options);
     expect_error(DPIR_STATUS_INVALID_IMAGE, [&] { restorer.restore_region(region, destination, options); }, __LINE__);
 
+    // A frame restores the same region identically; a progress callable that throws cancels, and rethrows.
+    dpir::Frame frame(restorer, width, height, source, options);
+    CHECK(frame.region_of_interest(rect).width == roi.width);
+    std::vector<unsigned char> framed(part.size(), 0xCD);
+    dpir_pixels framed_pixels = dpir::pixels(framed.data(), 8, 8, 3, DPIR_SAMPLE_TYPE_U8);
+    frame.restore_region(region, framed_pixels);
+    CHECK(framed == part);
+    try {
+        frame.restore_region(region, framed_pixels, [](const dpir_progress &) -> bool { throw std::runtime_error("no"); });
+        CHECK(false);
+    } catch (const std::runtime_error &error) {
+        CHECK(std::string(error.what()) == "no");
+    }
+    CHECK(framed == part);
+
     // Image files through the wrapper.
     dpir::write_image(destination, scratch + "/cpp.png");
     dpir::Image back = dpir::Image::read(scratch + "/cpp.png");
@@ -118,6 +133,6 @@ int main(int argc, char **argv) {
     blank.write(scratch + "/blank.tif");
     expect_error(DPIR_STATUS_IO, [&] { blank.write(scratch + "/blank.unknown"); }, __LINE__);
 
-    std::printf("C++ wrapper: errors, progress, cancel, RAII\n%d passed, %d failed\n", passed, failed);
+    std::printf("C++ wrapper: errors, progress, cancel, RAII, frames\n%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
