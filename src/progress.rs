@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -62,6 +62,13 @@ impl Progress {
         };
         Progress { stage, step, steps, tile, tiles, fraction: fraction.clamp(0.0, 1.0) }
     }
+}
+
+/// Whether `DPIR_TRACE` (set, not empty or 0) asks for a line on stderr at the costly steps whose count a host's
+/// developer may want to check, such as a frame's global prompt.
+pub(crate) fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("DPIR_TRACE").is_some_and(|v| !v.is_empty() && v != "0"))
 }
 
 /// Called with each progress report; returning `false` cancels the restore.

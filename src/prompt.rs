@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::{Conditioning, Features, Model};
 use crate::options::Settings;
 use crate::plan::{relative, Rect};
-use crate::progress::Call;
+use crate::progress::{tracing, Call};
 use crate::resample::{resize, Filter};
 use crate::source::FrameSource;
 
@@ -54,6 +54,9 @@ impl FramePrompt {
                 None => CowArray::from(clip_image(model, context, rect, settings, call)?),
             };
             crops.push(preprocess(image.view(), clip));
+        }
+        if tracing() {
+            eprintln!("dpir trace: global prompt of a {width}x{height} context, {} CLIP crops", crops.len());
         }
         let features = model.clip(&crops, call)?;
         let tokens = features.iter().map(Features::summary).collect();

@@ -279,11 +279,6 @@ static void models_free_unused(void) {
 
 /* ---- Instances and parameters ---- */
 
-struct instance {
-    OfxImageClipHandle source, output;
-    OfxParamHandle params[PARAM_COUNT];
-};
-
 /* Parameter values at one time. */
 struct settings {
     char model[4096];
@@ -300,6 +295,27 @@ struct settings {
     int tile_overlap;
     int encoding;
 };
+
+/* The dpir frame of one (time, render scale, parameters, frame) in whole-frame mode: the host renders a frame as
+ * many tiles, and they share its global prompt, computed once. Counted while renders use it. */
+struct shared_frame {
+    dpir_frame *frame;
+    unsigned users; /* renders using it, plus one while it is the instance's current frame */
+    struct frame_key {
+        char settings[sizeof(struct settings)];
+        double time, scale[2];
+        OfxRectI frame;
+        const dpir_restorer *restorer;
+    } key;
+};
+
+struct instance {
+    OfxImageClipHandle source, output;
+    OfxParamHandle params[PARAM_COUNT];
+    pthread_mutex_t lock; /* guards `frame` */
+    struct shared_frame *frame; /* the latest frame rendered, kept for its other tiles */
+};
+
 
 static struct instance *instance_of(const struct suites *s, OfxImageEffectHandle effect) {
     OfxPropertySetHandle props;
@@ -709,6 +725,60 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
     return kOfxStatOK;
 }
 
+/* Drops one use of a shared frame; the last frees it. Called with the instance's lock held. */
+static void shared_frame_release_locked(struct shared_frame *f) {
+    if (f && --f->users == 0) {
+        dpir_frame_free(f->frame);
+        free(f);
+    }
+}
+
+static void shared_frame_release(struct instance *in, struct shared_frame *f) {
+    if (!f) return;
+    pthread_mutex_lock(&in->lock);
+    shared_frame_release_locked(f);
+    pthread_mutex_unlock(&in->lock);
+}
+
+/* Forgets the instance's current frame (freed once no render uses it). */
+static void shared_frame_forget(struct instance *in) {
+    pthread_mutex_lock(&in->lock);
+    shared_frame_release_locked(in->frame);
+    in->frame = NULL;
+    pthread_mutex_unlock(&in->lock);
+}
+
+/* The instance's frame for `key`, made from `context` (the whole source frame) when the key is new; the caller
+ * releases it. Tiles of a frame that is being made wait for it rather than making their own. NULL on failure,
+ * with the status in `*status`. */
+static struct shared_frame *shared_frame_acquire(struct instance *in, const struct frame_key *key,
+                                                 const dpir_pixels *context, const dpir_restore_options *options,
+                                                 dpir_status *status) {
+    pthread_mutex_lock(&in->lock);
+    struct shared_frame *f = in->frame;
+    if (f && memcmp(&f->key, key, sizeof *key) == 0) {
+        f->users++;
+        pthread_mutex_unlock(&in->lock);
+        *status = DPIR_STATUS_OK;
+        return f;
+    }
+    f = calloc(1, sizeof *f);
+    *status = f ? dpir_frame_new(key->restorer, (uint32_t)(key->frame.x2 - key->frame.x1),
+                                 (uint32_t)(key->frame.y2 - key->frame.y1), context, options, &f->frame)
+                : DPIR_STATUS_INTERNAL;
+    if (*status != DPIR_STATUS_OK) {
+        free(f);
+        pthread_mutex_unlock(&in->lock);
+        return NULL;
+    }
+    f->key = *key;
+    f->users = 2; /* this render, and the instance while it is current */
+    shared_frame_release_locked(in->frame);
+    in->frame = f;
+    pthread_mutex_unlock(&in->lock);
+    return f;
+}
+
 static OfxStatus create_instance(const struct suites *s, OfxImageEffectHandle effect) {
     struct instance *in = calloc(1, sizeof *in);
     if (!in) return kOfxStatErrMemory;
@@ -725,6 +795,7 @@ static OfxStatus create_instance(const struct suites *s, OfxImageEffectHandle ef
     for (int i = 0; i < PARAM_COUNT; i++)
         if (s->parameter->paramGetHandle(params, PARAM_NAMES[i], &in->params[i], NULL) != kOfxStatOK)
             in->params[i] = NULL;
+    pthread_mutex_init(&in->lock, NULL);
     s->property->propSetPointer(props, kOfxPropInstanceData, 0, in);
     return kOfxStatOK;
 }
@@ -734,6 +805,10 @@ static OfxStatus destroy_instance(const struct suites *s, OfxImageEffectHandle e
     struct instance *in = instance_of(s, effect);
     if (in && s->effect->getPropertySet(effect, &props) == kOfxStatOK)
         s->property->propSetPointer(props, kOfxPropInstanceData, 0, NULL);
+    if (in) {
+        shared_frame_forget(in);
+        pthread_mutex_destroy(&in->lock);
+    }
     free(in);
     return kOfxStatOK;
 }
@@ -797,12 +872,7 @@ static int on_progress(const dpir_progress *progress, void *user_data) {
         return 1;
     }
     if (call->progress_started) {
-        double within = progress->stage == DPIR_STAGE_SAMPLE && progress->steps
-                            ? (double)progress->step / progress->steps
-                            : progress->stage == DPIR_STAGE_DECODE ? 1.0 : 0.0;
-        double tiles = progress->tiles ? progress->tiles : 1;
-        double done = ((progress->tile ? progress->tile - 1 : 0) + within) / tiles;
-        if (call->s->progress->progressUpdate(call->effect, done < 0 ? 0 : done > 1 ? 1 : done) == kOfxStatReplyNo) {
+        if (call->s->progress->progressUpdate(call->effect, progress->fraction) == kOfxStatReplyNo) {
             dpir_cancel_request(call->cancel);
             return 1;
         }
@@ -830,6 +900,7 @@ static OfxStatus render(const struct suites *s, OfxImageEffectHandle effect, Ofx
     struct model *m = NULL;
     dpir_cancel *cancel = NULL;
     struct render_call call = {s, effect, NULL, 0};
+    struct shared_frame *shared = NULL;
     int have_dst = 0;
 
     OfxPropertySetHandle handle = NULL;
@@ -904,7 +975,23 @@ static OfxStatus render(const struct suites *s, OfxImageEffectHandle effect, Ofx
     region.rect = to_dpir(inner, frame);
 
     if (s->progress && s->progress->progressStart(effect, PLUGIN_LABEL) == kOfxStatOK) call.progress_started = 1;
-    result = dpir_restore_region(m->restorer, &region, &destination, &options);
+    if (st.global_context == GLOBAL_WHOLE_FRAME && same_rect(crop, frame)) {
+        /* The whole source frame is the context: its tiles share one dpir frame and its global prompt. */
+        struct frame_key key;
+        memset(&key, 0, sizeof key);
+        memcpy(key.settings, &st, sizeof st);
+        key.time = t;
+        key.scale[0] = scale[0];
+        key.scale[1] = scale[1];
+        key.frame = frame;
+        key.restorer = m->restorer;
+        shared = shared_frame_acquire(in, &key, &source, &options, &result);
+        region.source = &source;
+        if (shared)
+            result = dpir_frame_restore_region(shared->frame, &region, &destination, on_progress, &call, cancel);
+    } else {
+        result = dpir_restore_region(m->restorer, &region, &destination, &options);
+    }
     if (call.progress_started) s->progress->progressEnd(effect);
     if (result == DPIR_STATUS_OK) {
         status = kOfxStatOK;
@@ -922,6 +1009,7 @@ done:
     } else {
         clear_error(s, effect);
     }
+    shared_frame_release(in, shared);
     dpir_cancel_free(cancel);
     model_release(m);
     if (src.handle) s->effect->clipReleaseImage(src.handle);
@@ -939,10 +1027,18 @@ static OfxStatus main_entry(const char *action, const void *handle, OfxPropertyS
     if (!s) return kOfxStatErrMissingHostFeature; /* no action before a successful Load */
     OfxImageEffectHandle effect = (OfxImageEffectHandle)handle;
     if (strcmp(action, kOfxActionUnload) == 0 || strcmp(action, kOfxActionPurgeCaches) == 0) {
+        struct instance *in = effect ? instance_of(s, effect) : NULL;
+        if (in) shared_frame_forget(in);
         models_free_unused();
         return kOfxStatOK;
     }
     if (!effect) return kOfxStatReplyDefault;
+    if (strcmp(action, kOfxImageEffectActionEndSequenceRender) == 0) {
+        /* The host has rendered what it wanted: the last frame's tiles are done. */
+        struct instance *in = instance_of(s, effect);
+        if (in) shared_frame_forget(in);
+        return kOfxStatOK;
+    }
     if (strcmp(action, kOfxActionDescribe) == 0) return describe(s, effect);
     if (strcmp(action, kOfxImageEffectActionDescribeInContext) == 0) return describe_in_context(s, effect);
     if (strcmp(action, kOfxActionCreateInstance) == 0) return create_instance(s, effect);

@@ -31,6 +31,15 @@ echo "-- tiles equal the full frame (tiny bundle, independent mode, whole-frame 
 echo "   exactly its RoI, outputs NaN-poisoned, rowBytes of both signs, render scales 1 and 0.5, two threads)"
 host --frame 192x144 --tiles 80x56,53x71 "$bundle" $id tiles $tiny steps=2 $small_tiles
 
+echo "-- the tiles of a frame share one dpir frame: 9 tiles compute the global prompt once (DPIR_TRACE prints each"
+echo "   one): once for the full-frame render's instance, once for the tiles' instance; ten times without a frame"
+count_prompts() { DPIR_TRACE=1 host "$@" 2>&1 | tee /dev/stderr | grep -c "^dpir trace: global prompt" || true; }
+shared=$(count_prompts --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles $tiny steps=2 $small_tiles)
+apart=$(count_prompts --serve-whole --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles $tiny steps=2 \
+    $small_tiles global_context=Region)
+echo "global prompts for a full render and 9 tiles: $shared with a shared frame, $apart region by region"
+test "$shared" = 2 && test "$apart" = 10
+
 echo "-- Region global context: RoIs from dpir_region_of_interest, served exactly; the crop stands in for the frame"
 echo "   in the global prompt, so tiles differ slightly (bounded at 0.02) ..."
 host --frame 320x224 --tiles 96x80 --scales 1 --tolerance 0.02 "$bundle" $id tiles $tiny steps=2 $small_tiles \
