@@ -56,6 +56,7 @@ typedef struct
   guint32 steps;
   guint32 tile;
   guint32 tiles;
+  gfloat  fraction;
 } Progress;
 
 /* One restore running on a worker thread while the main thread, the only one that talks to GIMP, shows its
@@ -163,7 +164,7 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                     MODEL_ENV ", then ~/.local/share/dpir/model",
                                     GIMP_FILE_CHOOSER_ACTION_SELECT_FOLDER, TRUE, NULL, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "steps", "_Steps",
-                                   "Denoising steps, 1 to 1000; 0 takes the model's (28 for DPIR)",
+                                   "Denoising steps, 1 to 1000; 0 takes the model's",
                                    0, 1000, 0, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "seed", "S_eed",
                                    "Seed of the starting noise; -1 takes the model's",
@@ -186,12 +187,12 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                                                    NULL),
                                       "independent", G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "tile-size", "_Tile size",
-                                   "Tile side in latent samples (8 pixels each for DPIR); 0 takes the model's "
-                                   "(128, capped at one model pass)",
+                                   "Tile side in latent samples (each covers several pixels along a side); 0 "
+                                   "takes the model's, capped at one model pass",
                                    0, 8192, 0, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "tile-overlap", "Tile o_verlap",
                                    "Overlap of neighbouring tiles in latent samples, smaller than the tile; "
-                                   "-1 takes the model's (16)",
+                                   "-1 takes the model's",
                                    -1, 8192, -1, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "context-margin", "_Context margin",
                                    "Joint tile mode: pixels of layer around the selection sampled with it; "
@@ -491,6 +492,7 @@ on_progress (const struct dpir_progress *progress,
   job->progress.steps = progress->steps;
   job->progress.tile  = progress->tile;
   job->progress.tiles = progress->tiles;
+  job->progress.fraction = progress->fraction;
   job->fresh          = TRUE;
   cancel              = job->cancel;
   g_cond_signal (&job->changed);
@@ -521,7 +523,6 @@ show_progress (const Progress *progress)
 {
   guint32  tiles = MAX (progress->tiles, 1);
   guint32  tile  = CLAMP (progress->tile, 1, tiles);
-  gdouble  within;
   gchar   *where;
   gboolean ok;
 
@@ -529,26 +530,22 @@ show_progress (const Progress *progress)
   switch (progress->stage)
     {
     case DPIR_STAGE_ENCODE:
-      within = 0.0;
-      ok     = gimp_progress_set_text_printf ("DPIR: encoding%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR: encoding%s", where);
       break;
     case DPIR_STAGE_PROMPT:
-      within = 0.05;
-      ok     = gimp_progress_set_text_printf ("DPIR: reading the image's context%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR: reading the image's context%s", where);
       break;
     case DPIR_STAGE_SAMPLE:
-      within = 0.1 + 0.8 * (progress->steps > 0 ? (gdouble) progress->step / progress->steps : 0.0);
-      ok     = gimp_progress_set_text_printf ("DPIR: denoising, step %u of %u%s",
-                                              MIN (progress->step + 1, progress->steps), progress->steps, where);
+      ok = gimp_progress_set_text_printf ("DPIR: denoising, step %u of %u%s",
+                                          MIN (progress->step + 1, progress->steps), progress->steps, where);
       break;
     default:
-      within = 0.9;
-      ok     = gimp_progress_set_text_printf ("DPIR: decoding%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR: decoding%s", where);
       break;
     }
   g_free (where);
 
-  return gimp_progress_update (((tile - 1) + within) / tiles) && ok;
+  return gimp_progress_update (progress->fraction) && ok;
 }
 
 /* Runs the restore on a worker thread and relays its progress to GIMP from this one. */

@@ -249,11 +249,20 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
         }
         clock_gettime(CLOCK_MONOTONIC, &end);
         dpir_restorer_info info;
+        char text[MESSAGE_SIZE], defaults[256] = "";
         const char *ep = "?";
-        if (dpir_restorer_get_info(restorer, &info, sizeof info) == DPIR_STATUS_OK) ep = info.execution_provider_name;
-        char text[MESSAGE_SIZE];
-        snprintf(text, sizeof text, PLUGIN_LABEL ": loaded model %.600s on %s in %.2f s", path, ep,
-                 (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) * 1e-9);
+        if (dpir_restorer_get_info(restorer, &info, sizeof info) == DPIR_STATUS_OK) {
+            ep = info.execution_provider_name;
+            /* What the parameters' 0 and -1 stand for, from the model itself. */
+            snprintf(defaults, sizeof defaults,
+                     "; defaults: %u steps, seed %llu, guidance %g, tiles of %u latent samples (%u pixels) "
+                     "overlapping by %u (%u pixels)",
+                     info.default_steps, (unsigned long long)info.default_seed, (double)info.default_guidance,
+                     info.default_tile_size, info.default_tile_size * info.pixels_per_latent,
+                     info.default_tile_overlap, info.default_tile_overlap * info.pixels_per_latent);
+        }
+        snprintf(text, sizeof text, PLUGIN_LABEL ": loaded model %.400s on %s in %.2f s%s", path, ep,
+                 (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) * 1e-9, defaults);
         log_message(s, effect, text);
         found = free_slot;
         *found = (struct model){.path = copy, .provider = provider, .device = device, .restorer = restorer};
@@ -668,7 +677,7 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
                   "for that cannot be used is an error, never a silent fall back. Auto takes the best that works.",
                   PROVIDER_OPTIONS, COUNT(PROVIDER_OPTIONS));
     define_int(s, params, PARAM_DEVICE, "GPU device", "CUDA device ordinal for CUDA and TensorRT.", 0, 0, 255, 8, 0);
-    define_int(s, params, PARAM_STEPS, "Steps", "Denoising steps; 0 takes the model's default (28 for DPIR).", 0, 0,
+    define_int(s, params, PARAM_STEPS, "Steps", "Denoising steps; 0 takes the model's default (the load message says it).", 0, 0,
                1000, 50, 0);
     define_int(s, params, PARAM_SEED, "Seed",
                "Seed of the starting noise, which is locked to frame position: the same seed on a still shot gives "
@@ -711,12 +720,13 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
                   "the whole frame's latent in memory).",
                   TILE_MODE_OPTIONS, COUNT(TILE_MODE_OPTIONS));
     define_int(s, params, PARAM_TILE_SIZE, "Tile size",
-               "Tile side in latent samples (8 pixels each for DPIR), a multiple of the model's patch size; 0 takes "
-               "the model's (128 = 1024 pixels). Smaller tiles need less memory.",
+               "Tile side in latent samples (each covers several pixels along a side), a multiple of the model's "
+               "patch size; 0 takes the model's. Smaller tiles need less memory. The load message gives the model's "
+               "tile in latent samples and pixels.",
                0, 0, 4096, 256, 0);
     define_int(s, params, PARAM_TILE_OVERLAP, "Tile overlap",
-               "Overlap of neighbouring tiles in latent samples, smaller than the tile; -1 takes the model's (16 = "
-               "128 pixels). Wider overlaps hide seams at the cost of more tiles.",
+               "Overlap of neighbouring tiles in latent samples, smaller than the tile; -1 takes the model's. Wider "
+               "overlaps hide seams at the cost of more tiles.",
                -1, -1, 4096, 64, 0);
     define_choice(s, params, PARAM_ENCODING, "Pixel encoding",
                   "How the host's pixel values encode light. Auto: 8- and 16-bit integer pixels are sRGB-encoded, half "
