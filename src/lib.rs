@@ -29,6 +29,7 @@ pub mod pixels;
 pub mod plan;
 mod progress;
 mod prompt;
+mod rect;
 mod resample;
 mod restore;
 mod runtime;
@@ -42,8 +43,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use frame::Frame;
 pub use options::{RestoreOptions, TileMode};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
-pub use plan::Rect;
 pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
+pub use rect::Rect;
 pub use restore::{Region, Requirements, Restoration, Restorer};
 pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
 

@@ -9,8 +9,8 @@ use crate::bundle::{self, Manifest, Role};
 use crate::error::{Error, Result};
 use crate::noise::{latent_noise, Stream};
 use crate::pixels::MAX_SIDE;
-use crate::plan::Rect;
 use crate::progress::Call;
+use crate::rect::Rect;
 use crate::runtime::{
     self, ExecutionProvider, Graph, GraphHints, Resident, Runtime, RuntimeOptions, SessionTimer, TensorInfo,
 };

@@ -4,7 +4,7 @@
 use half::f16;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
-use crate::plan::Rect;
+use crate::rect::Rect;
 
 use crate::error::{Error, Result};
 

@@ -9,7 +9,7 @@ use ndarray::{concatenate, s, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::error::{Error, Result};
 use crate::pixels::{Image, Pixels, PixelsMut};
-use crate::plan::Rect;
+use crate::rect::Rect;
 use crate::resample::{apply_columns, apply_rows, coefficients, Filter, Taps};
 
 /// The caller's pixels.

@@ -6,8 +6,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{bundle, cli, picture, restorer, run, write_png};
-use dpir::{ErrorKind, Image, PixelLayout, RestoreOptions, Restorer, RuntimeOptions, SampleType};
+use common::{bundle, cli, picture, restorer, run, runtime_options, write_png};
+use dpir::{ErrorKind, Image, PixelLayout, RestoreOptions, Restorer, SampleType};
 
 /// Runs `dpir restore` expecting failure; returns stderr. Checks the output was neither created nor touched.
 fn restore_fails(input: &Path, extra: &[&str]) -> String {
@@ -124,7 +124,7 @@ fn manifest_that_disagrees_with_its_graphs() {
     let mut json: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     json["latent"]["channels"] = 8.into();
     fs::write(broken.join("dpir.json"), json.to_string()).unwrap();
-    let error = Restorer::load(&broken, &RuntimeOptions::default()).err().expect("a mismatch is refused");
+    let error = Restorer::load(&broken, &runtime_options()).err().expect("a mismatch is refused");
     assert_eq!(error.kind(), ErrorKind::Bundle);
     let message = error.to_string();
     // File, field, expected and found are all named.
@@ -139,7 +139,7 @@ fn malformed_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let broken = oracle_copy(dir.path());
     fs::write(broken.join("dpir.json"), "{ \"format\": \"dpir-bundle\", ").unwrap();
-    let error = Restorer::load(&broken, &RuntimeOptions::default()).err().unwrap();
+    let error = Restorer::load(&broken, &runtime_options()).err().unwrap();
     assert!(error.to_string().contains("invalid manifest"), "{error}");
 }
 

@@ -122,3 +122,118 @@ fn cuda_libraries_come_from_nvidia_python_packages() {
     assert!(!ok);
     assert!(stderr.contains("the NVIDIA driver (libcuda.so.1) is not installed"), "{stderr}");
 }
+
+/// Runs `dpir info` on the oracle bundle with `exe` and only the given environment (plus an empty HOME); returns
+/// whether it succeeded, its stdout and its stderr.
+fn info_with(exe: &Path, env: &[(&str, &Path)]) -> (bool, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(exe);
+    command.env_clear().env("HOME", home.path()).arg("info").arg(common::bundle("oracle"));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = run(&mut command);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// The CLI copied out of the source tree, into `dir/cli/bin/`: what an installed dpir sees, with no checkout around it.
+fn installed_cli(dir: &Path) -> std::path::PathBuf {
+    let bin = dir.join("cli/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_dpir"), bin.join("dpir")).unwrap();
+    bin.join("dpir")
+}
+
+/// The library the project fetched (tools/setup.sh).
+fn fetched_library() -> std::path::PathBuf {
+    let library = common::root().join("build/onnxruntime/lib/libonnxruntime.so.1.31.1");
+    assert!(library.is_file(), "{} is missing: run `bash tools/setup.sh`", library.display());
+    library
+}
+
+/// `site/onnxruntime/capi/libonnxruntime.so.1.31.1`, as the onnxruntime wheel installs it (a link to the fetched one).
+fn install_wheel(site: &Path) -> std::path::PathBuf {
+    let capi = site.join("onnxruntime/capi");
+    std::fs::create_dir_all(&capi).unwrap();
+    std::os::unix::fs::symlink(fetched_library(), capi.join("libonnxruntime.so.1.31.1")).unwrap();
+    capi.join("libonnxruntime.so.1.31.1")
+}
+
+#[test]
+fn the_cli_of_a_checkout_uses_the_fetched_copy_with_nothing_set() {
+    let (ok, stdout, stderr) = info_with(Path::new(env!("CARGO_BIN_EXE_dpir")), &[]);
+    assert!(ok, "{stderr}");
+    let fetched = common::root().join("build/onnxruntime/lib/libonnxruntime.so");
+    assert!(stdout.contains(&format!("onnxruntime: {}\n", fetched.display())), "{stdout}");
+}
+
+#[test]
+fn an_installed_cli_finds_nothing_of_the_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = info_with(&installed_cli(dir.path()), &[]);
+    assert!(!ok);
+    assert!(stderr.contains("ONNX Runtime 1.31 or newer was not found"), "{stderr}");
+    assert!(!stderr.contains("build/onnxruntime"), "{stderr}");
+}
+
+#[test]
+fn a_python_package_in_the_active_virtual_environment_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    let library = install_wheel(&venv.join("lib/python3.12/site-packages"));
+    let (ok, stdout, stderr) = info_with(&installed_cli(dir.path()), &[("VIRTUAL_ENV", &venv)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("onnxruntime: {}\n", library.display())), "{stdout}");
+}
+
+#[test]
+fn pythons_on_path_are_located_without_running_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = installed_cli(dir.path());
+    let marker = dir.path().join("python-ran");
+    // A Python installation whose `python3` only leaves a marker behind, were it ever started.
+    let prefix = dir.path().join("python");
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    let python = prefix.join("bin/python3.12");
+    std::fs::write(&python, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("python3.12", prefix.join("bin/python3")).unwrap();
+    // A virtual environment made from it.
+    let venv = dir.path().join("venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), format!("home = {}\n", prefix.join("bin").display())).unwrap();
+    std::os::unix::fs::symlink(&python, venv.join("bin/python3")).unwrap();
+
+    // Nothing installed anywhere: not found, and no Python was run to look.
+    let path = std::env::join_paths([venv.join("bin"), prefix.join("bin")]).unwrap();
+    let (ok, _, stderr) = info_with(&exe, &[("PATH", Path::new(&path))]);
+    assert!(!ok);
+    assert!(stderr.contains("ONNX Runtime 1.31 or newer was not found"), "{stderr}");
+
+    // In the installation's site-packages (the python3 link resolved to its prefix), in Debian's dist-packages.
+    for site in ["lib/python3.12/site-packages", "local/lib/python3.12/dist-packages", "lib/python3/dist-packages"] {
+        let library = install_wheel(&prefix.join(site));
+        let (ok, stdout, stderr) = info_with(&exe, &[("PATH", &prefix.join("bin"))]);
+        assert!(ok, "{site}: {stderr}");
+        assert!(stdout.contains(&format!("onnxruntime: {}\n", library.display())), "{site}: {stdout}");
+        std::fs::remove_dir_all(prefix.join(site)).unwrap();
+    }
+
+    // The virtual environment a python3 on PATH lives in comes before the installation it was made from.
+    install_wheel(&prefix.join("lib/python3.12/site-packages"));
+    let library = install_wheel(&venv.join("lib/python3.12/site-packages"));
+    let (ok, stdout, stderr) = info_with(&exe, &[("PATH", Path::new(&path))]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("onnxruntime: {}\n", library.display())), "{stdout}");
+
+    assert!(!marker.exists(), "the lookup ran a python3");
+}
+
+#[test]
+fn libdpir_holds_no_path_of_the_source_tree() {
+    let release = Path::new(env!("CARGO_BIN_EXE_dpir")).parent().unwrap();
+    for name in ["libdpir.so", "libdpir.a"] {
+        let bytes = std::fs::read(release.join(name)).unwrap();
+        assert!(!bytes.windows(17).any(|w| w == b"build/onnxruntime"), "{name} names build/onnxruntime");
+    }
+}

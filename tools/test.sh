@@ -89,7 +89,9 @@ grep -E "ERROR SUMMARY|(definitely|indirectly|possibly) lost:" "$vglog" | sed 's
 echo "== C ABI: AddressSanitizer build of the C test, linked with the static libdpir.a"
 cc -std=c99 $strict -O1 -g -fsanitize=address -fno-omit-frame-pointer tests/c/test_capi.c \
     -o "$capi/bin/test_capi_asan" $(pkg-config --cflags --libs dpir-static) -pthread -lm
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$capi/bin/test_capi_asan" tests/fixtures/bundles "$cabi_scratch"
+# Linked statically and run from build/c-api/bin: no ONNX Runtime beside it, so it is named.
+DPIR_ORT_LIB=$PWD/$capi/install/lib/libonnxruntime.so ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    "$capi/bin/test_capi_asan" tests/fixtures/bundles "$cabi_scratch"
 
 echo "== C ABI: libFuzzer over descriptor, options and region validation (30 s, committed corpus)"
 clang-14 -std=c99 $strict -O1 -g -fsanitize=fuzzer,address fuzz/fuzz_validation.c \

@@ -1,7 +1,7 @@
 //! `dpir`: restore images with a DPIR model bundle, inspect bundles, measure the runtime.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -165,25 +165,55 @@ fn main() -> ExitCode {
 
 /// The bundle to use: the argument, else [`dpir::default_model_dir`] ($DPIR_MODEL, ~/.local/share/dpir/model), else
 /// the oracle test bundle (said out loud).
-fn bundle_dir(explicit: Option<PathBuf>) -> PathBuf {
+fn bundle_dir(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(dir) = explicit.or_else(dpir::default_model_dir) {
-        return dir;
+        return Ok(dir);
     }
-    let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/oracle");
+    let Some(oracle) = checkout().map(|root| root.join("tests/fixtures/bundles/oracle")) else {
+        return Err("no model: pass --model DIR, set DPIR_MODEL, or put a bundle in ~/.local/share/dpir/model".into());
+    };
     eprintln!(
         "note: no --model given, using the oracle bundle ({}). It is a pass-through test bundle: the result equals \
          the (upsampled) input. Convert the real DPIR weights with tools/export (see README) and pass --model DIR.",
         oracle.display()
     );
-    oracle
+    Ok(oracle)
 }
 
-fn load(args: ModelArgs) -> dpir::Result<Restorer> {
-    let dir = bundle_dir(args.model);
+/// The source checkout this executable runs from, `CHECKOUT/target/PROFILE/dpir` (a `Cargo.toml` two folders up),
+/// found from where it runs rather than where it was built. The CLI's development conveniences need one: the
+/// oracle bundle as the default model, and the ONNX Runtime that `tools/setup.sh` fetched. An installed `dpir` has
+/// none, and the library never looks.
+fn checkout() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?; // the real file: /proc/self/exe has its links resolved
+    let root = exe.parent()?.parent()?.parent()?;
+    root.join("Cargo.toml").is_file().then(|| root.to_path_buf())
+}
+
+/// The ONNX Runtime to load: `--ort-lib`, else, from a source checkout, the copy that `tools/setup.sh` fetched
+/// when nothing takes precedence in libdpir's order (no `DPIR_ORT_LIB` or `ORT_DYLIB_PATH`, no library beside
+/// the executable; it comes before Python packages), else `None`: libdpir's own lookup (README, "ONNX Runtime").
+fn onnxruntime_library(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    if ["DPIR_ORT_LIB", "ORT_DYLIB_PATH"].iter().any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty())) {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    if ["libonnxruntime.so", "libonnxruntime.so.1"].iter().any(|name| exe.with_file_name(name).is_file()) {
+        return None;
+    }
+    let library = checkout()?.join("build/onnxruntime/lib/libonnxruntime.so");
+    library.is_file().then_some(library)
+}
+
+fn load(args: ModelArgs) -> Result<Restorer, Box<dyn std::error::Error>> {
+    let dir = bundle_dir(args.model)?;
     let mut options = RuntimeOptions::new().execution_provider(args.ep).threads(args.threads);
-    options.onnxruntime_library = args.ort_lib;
+    options.onnxruntime_library = onnxruntime_library(args.ort_lib);
     options.gpu_memory_limit = args.gpu_memory_limit;
-    Restorer::load(dir, &options)
+    Ok(Restorer::load(dir, &options)?)
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -277,9 +307,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Info { dir, ort_lib } => {
-            let dir = bundle_dir(dir);
+            let dir = bundle_dir(dir)?;
             let mut options = RuntimeOptions::new();
-            options.onnxruntime_library = ort_lib;
+            options.onnxruntime_library = onnxruntime_library(ort_lib);
             let restorer = Restorer::load(&dir, &options)?;
             println!("bundle: {}", dir.display());
             println!("onnxruntime: {}", restorer.onnxruntime_library().display());

@@ -33,7 +33,7 @@ fn load() -> Result<(), String> {
     if ort::util::preload_dylib(DRIVER).is_err() {
         return Err(format!("the NVIDIA driver ({DRIVER}) is not installed"));
     }
-    let mut folders: Option<Vec<PathBuf>> = None; // asked of Python only when the library path lacks something
+    let mut folders: Option<Vec<PathBuf>> = None; // searched only when the library path lacks something
     let mut missing = Vec::new();
     for (name, package) in LIBRARIES {
         if ort::util::preload_dylib(name).is_ok() {
@@ -60,9 +60,14 @@ fn load() -> Result<(), String> {
     ))
 }
 
-/// `nvidia/*/lib` of every site-packages folder dpir knows of.
+/// `nvidia/*/lib` of every site-packages folder dpir knows of ([`python_site_dirs`]: found without running Python),
+/// in that order, each site's packages in name order.
 fn package_folders() -> Vec<PathBuf> {
-    python_site_dirs().iter().flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib")).collect()
+    python_site_dirs()
+        .iter()
+        .flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib"))
+        .filter(|folder| folder.is_dir())
+        .collect()
 }
 
 /// The first `folder/name` that exists.
@@ -83,8 +88,7 @@ mod tests {
             std::fs::create_dir_all(site.join("nvidia").join(package).join("lib")).unwrap();
             std::fs::write(site.join("nvidia").join(package).join("lib").join(library), b"").unwrap();
         }
-        let mut folders = glob_dirs(&site.join("nvidia"), "", "lib");
-        folders.sort();
+        let folders = glob_dirs(&site.join("nvidia"), "", "lib"); // in name order
         assert_eq!(locate("libcudart.so.13", &folders), Some(site.join("nvidia/cu13/lib/libcudart.so.13")));
         assert_eq!(locate("libcudnn.so.9", &folders), Some(site.join("nvidia/cudnn/lib/libcudnn.so.9")));
         assert_eq!(locate("libcurand.so.10", &folders), None);

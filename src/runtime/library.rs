@@ -5,7 +5,6 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
@@ -25,8 +24,9 @@ static LOADING: Mutex<()> = Mutex::new(());
 /// Loads ONNX Runtime (once per process) and returns the path it came from.
 ///
 /// `explicit` is the path from the caller's options; when it is `None` the lookup order is: `DPIR_ORT_LIB` or
-/// `ORT_DYLIB_PATH`; beside the executable; beside the loaded libdpir; the project's fetched copy
-/// (`build/onnxruntime/lib`); an installed `onnxruntime` or `onnxruntime-gpu` Python package.
+/// `ORT_DYLIB_PATH`; beside the executable; beside the loaded libdpir; an installed `onnxruntime` or
+/// `onnxruntime-gpu` Python package (see [`python_site_dirs`] for where). No process is started and no path of the
+/// machine that built dpir is looked at (the CLI adds the project's fetched copy itself when run from a checkout).
 pub(crate) fn ensure_loaded(explicit: Option<&Path>) -> Result<&'static Path> {
     let _guard = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(loaded) = LOADED.get() {
@@ -94,8 +94,9 @@ fn from_environment() -> Option<PathBuf> {
         .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
-/// The places searched when neither the options nor the environment name a library, in order.
-fn candidates() -> Vec<PathBuf> {
+/// The first places searched when neither the options nor the environment name a library, in order: beside the
+/// executable, then beside the loaded libdpir. Cheap (a few `stat`s), so that a library found here costs nothing more.
+fn direct_candidates() -> Vec<PathBuf> {
     let mut directories = Vec::new();
     if let Some(dir) = env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         directories.push(dir);
@@ -103,24 +104,40 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(dir) = this_library_dir() {
         directories.push(dir);
     }
-    directories.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib"));
     // Beside the executable and beside libdpir are one place when libdpir is linked statically.
     directories.dedup();
-    let mut found: Vec<PathBuf> =
-        directories.iter().flat_map(|dir| LIBRARY_NAMES.iter().map(move |name| dir.join(name))).collect();
-    found.extend(python_package_libraries());
-    found
+    directories.iter().flat_map(|dir| LIBRARY_NAMES.iter().map(move |name| dir.join(name))).collect()
+}
+
+/// The project's fetched copy, for this crate's own unit tests only: never compiled into libdpir or the CLI (the
+/// CLI finds it relative to its executable; see `src/bin/dpir.rs`).
+#[cfg(test)]
+fn test_candidates() -> Vec<PathBuf> {
+    vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib/libonnxruntime.so")]
+}
+
+#[cfg(not(test))]
+fn test_candidates() -> Vec<PathBuf> {
+    Vec::new()
 }
 
 fn find() -> Result<PathBuf> {
     if let Some(path) = from_environment() {
         return Ok(path);
     }
-    let searched = candidates();
-    match searched.iter().find(|path| path.is_file()) {
-        Some(path) => Ok(path.clone()),
-        None => Err(Error::OnnxRuntimeNotFound { searched }),
+    let mut searched = direct_candidates();
+    searched.extend(test_candidates());
+    if let Some(path) = searched.iter().find(|path| path.is_file()) {
+        return Ok(path.clone());
     }
+    // Python packages only when nothing closer is there: a host that ships the library beside itself pays nothing.
+    for path in python_package_libraries() {
+        if path.is_file() {
+            return Ok(path);
+        }
+        searched.push(path);
+    }
+    Err(Error::OnnxRuntimeNotFound { searched })
 }
 
 /// The directory of the shared object this code lives in (libdpir.so when loaded by a C program).
@@ -137,23 +154,102 @@ fn this_library_dir() -> Option<PathBuf> {
     path.parent().map(Path::to_path_buf)
 }
 
-/// The site-packages folders of the active virtual environment and of the `python3` on PATH.
+/// The site-packages folders of the Python installations this process can see, found on the file system alone:
+/// no Python is run. In order, each folder once (the first spelling of a folder wins), each glob in name order:
+///
+/// 1. the active virtual environment: `$VIRTUAL_ENV/lib/python3*/site-packages`;
+/// 2. the active conda environment: `$CONDA_PREFIX/lib/python3*/site-packages`;
+/// 3. the user site: `$PYTHONUSERBASE` (default `~/.local`) `/lib/python3*/site-packages`;
+/// 4. for each `python3` and `python3.N` on `PATH`, in `PATH` order (`python3` first, then newest `N` first): the
+///    virtual environment it lives in, when its folder's parent has a `pyvenv.cfg` (`VENV/lib/python3*/site-packages`);
+///    then the installation it resolves to (symbolic links followed; `PREFIX` is the parent of its `bin`):
+///    `PREFIX/lib/python3*/site-packages`, `PREFIX/lib/python3/dist-packages` and
+///    `PREFIX/local/lib/python3*/dist-packages` (Debian's layout).
+///
+/// Only folders that exist are returned. The cost is a few `stat` and `read_dir` calls: the folders of `PATH` and
+/// the `lib` folders of each prefix, nothing inside site-packages.
 pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
-    let mut site_dirs: Vec<PathBuf> = Vec::new();
-    if let Some(venv) = env::var_os("VIRTUAL_ENV") {
-        site_dirs.extend(glob_dirs(&Path::new(&venv).join("lib"), "python3", "site-packages"));
-    }
-    // Ask the Python on PATH where its packages live; silently nothing when there is no Python.
-    let script = "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))";
-    if let Ok(output) = Command::new("python3").args(["-c", script]).output() {
-        if output.status.success() {
-            site_dirs.extend(String::from_utf8_lossy(&output.stdout).lines().map(PathBuf::from));
+    let mut site_dirs = SiteDirs::default();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = env::var_os(var).filter(|v| !v.is_empty()) {
+            site_dirs.extend(glob_dirs(&Path::new(&prefix).join("lib"), "python3", "site-packages"));
         }
     }
-    site_dirs
+    let user_base = env::var_os("PYTHONUSERBASE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| Path::new(&home).join(".local")));
+    if let Some(base) = user_base {
+        site_dirs.extend(glob_dirs(&base.join("lib"), "python3", "site-packages"));
+    }
+    for python in pythons_on_path() {
+        if let Some(venv) = python.parent().and_then(Path::parent).filter(|venv| venv.join("pyvenv.cfg").is_file()) {
+            site_dirs.extend(glob_dirs(&venv.join("lib"), "python3", "site-packages"));
+        }
+        let Ok(resolved) = python.canonicalize() else { continue };
+        let Some(prefix) = resolved.parent().and_then(Path::parent) else { continue };
+        site_dirs.extend(glob_dirs(&prefix.join("lib"), "python3", "site-packages"));
+        site_dirs.extend([prefix.join("lib/python3/dist-packages")]);
+        site_dirs.extend(glob_dirs(&prefix.join("local/lib"), "python3", "dist-packages"));
+    }
+    site_dirs.dirs
 }
 
-/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so.*`).
+/// Existing folders, each once: a folder reached by two spellings (a `lib64` link, a venv inside `PATH` twice)
+/// keeps the first.
+#[derive(Default)]
+struct SiteDirs {
+    dirs: Vec<PathBuf>,
+    seen: std::collections::HashSet<PathBuf>,
+}
+
+impl SiteDirs {
+    fn extend(&mut self, candidates: impl IntoIterator<Item = PathBuf>) {
+        for dir in candidates {
+            let Ok(real) = dir.canonicalize() else { continue }; // also: it does not exist
+            if real.is_dir() && self.seen.insert(real) {
+                self.dirs.push(dir);
+            }
+        }
+    }
+}
+
+/// Every `python3` and `python3.N` file in the folders of `PATH`, in `PATH` order; in one folder `python3` first,
+/// then the `python3.N` from the highest `N` down. Not run, not checked to be a Python: only where it points matters.
+fn pythons_on_path() -> Vec<PathBuf> {
+    let Some(path) = env::var_os("PATH") else { return Vec::new() };
+    let mut pythons = Vec::new();
+    for dir in env::split_paths(&path).filter(|dir| dir.is_absolute()) {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut found: Vec<(u32, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let minor = python_minor(name.to_str()?)?;
+                Some((minor, entry.path()))
+            })
+            .filter(|(_, path)| path.is_file())
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        pythons.extend(found.into_iter().map(|(_, path)| path));
+    }
+    pythons
+}
+
+/// `python3` sorts before every `python3.N` (`u32::MAX`); `python3.N` is `N`; other names are not Pythons.
+fn python_minor(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("python3")?;
+    if rest.is_empty() {
+        return Some(u32::MAX);
+    }
+    let minor = rest.strip_prefix('.')?;
+    if minor.is_empty() || !minor.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    minor.parse().ok()
+}
+
+/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so*`).
 fn python_package_libraries() -> Vec<PathBuf> {
     let mut libraries = Vec::new();
     for dir in python_site_dirs() {
@@ -172,14 +268,16 @@ fn python_package_libraries() -> Vec<PathBuf> {
     libraries
 }
 
-/// `base/<prefix>*/<leaf>` for every matching child directory.
+/// `base/<prefix>*/<leaf>` for every child of `base` whose name starts with `prefix`, in name order.
 pub(crate) fn glob_dirs(base: &Path, prefix: &str, leaf: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
-    entries
+    let mut children: Vec<PathBuf> = entries
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
-        .map(|entry| entry.path().join(leaf))
-        .collect()
+        .map(|entry| entry.path())
+        .collect();
+    children.sort();
+    children.into_iter().map(|child| child.join(leaf)).collect()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -194,8 +292,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn candidates_include_the_fetched_copy() {
-        let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib/libonnxruntime.so");
-        assert!(candidates().contains(&fetched));
+    fn the_lookup_names_no_path_of_the_build_machine() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let searched = direct_candidates();
+        assert!(!searched.is_empty());
+        assert!(searched.iter().all(|path| !path.starts_with(root.join("build"))), "{searched:?}");
+    }
+
+    #[test]
+    fn python_names() {
+        assert_eq!(python_minor("python3"), Some(u32::MAX));
+        assert_eq!(python_minor("python3.12"), Some(12));
+        for name in ["python", "python3-config", "python3.12-config", "python3.", "python3.x", "python2.7"] {
+            assert_eq!(python_minor(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn globs_are_sorted_and_only_existing_site_folders_are_kept_once() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("lib");
+        for version in ["python3.9", "python3.12", "python3.11"] {
+            std::fs::create_dir_all(lib.join(version).join("site-packages")).unwrap();
+        }
+        std::fs::create_dir_all(lib.join("python3.10")).unwrap(); // no site-packages
+        std::os::unix::fs::symlink(root.path(), root.path().join("again")).unwrap();
+        let mut dirs = SiteDirs::default();
+        dirs.extend(glob_dirs(&lib, "python3", "site-packages"));
+        dirs.extend(glob_dirs(&root.path().join("again/lib"), "python3", "site-packages"));
+        let names: Vec<_> = dirs.dirs.iter().map(|d| d.strip_prefix(&lib).unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["python3.11/site-packages", "python3.12/site-packages", "python3.9/site-packages"]);
     }
 }

@@ -15,8 +15,13 @@ pub fn bundle(name: &str) -> PathBuf {
     root().join("tests/fixtures/bundles").join(name)
 }
 
+/// The ONNX Runtime that tools/setup.sh fetched: the library itself looks in no source tree.
+pub fn runtime_options() -> RuntimeOptions {
+    RuntimeOptions::new().threads(1).onnxruntime_library(root().join("build/onnxruntime/lib/libonnxruntime.so"))
+}
+
 pub fn restorer(name: &str) -> Restorer {
-    Restorer::load(bundle(name), &RuntimeOptions::new().threads(1)).expect("fixture bundle loads")
+    Restorer::load(bundle(name), &runtime_options()).expect("fixture bundle loads")
 }
 
 /// A smooth picture with detail, different in each channel, values inside (0, 1).

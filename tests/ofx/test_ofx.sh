@@ -7,6 +7,9 @@
 # 3. MLT's melt 7.42 in the Debian forky chroot (tests/ofx/melt.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The conformance host loads dpir.ofx, which links libdpir statically and ships no ONNX Runtime of its own here
+# (melt's bundle below gets a copy): name the one tools/setup.sh fetched.
+export DPIR_ORT_LIB=$PWD/build/onnxruntime/lib/libonnxruntime.so
 out=build/ofx
 tiny=model=tests/fixtures/bundles/tiny
 oracle=model=tests/fixtures/bundles/oracle
@@ -75,5 +78,6 @@ asan --abort-after 3 "$asan_bundle" $id abort $tiny
 unset ASAN_OPTIONS
 
 echo "-- MLT melt 7.42 in a Debian forky chroot (tests/ofx/melt.sh)"
+unset DPIR_ORT_LIB # a path of this machine, not of the chroot: melt's bundle carries its own copy
 cargo build --release --quiet # the dpir CLI the tiny-bundle frame is compared with
 bash tests/ofx/melt.sh "$bundle"
