@@ -19,8 +19,10 @@
 pub mod bundle;
 mod colour;
 mod error;
+#[cfg(feature = "capi")]
 pub mod ffi;
 mod frame;
+#[cfg(feature = "image-io")]
 pub mod imagefile;
 mod model;
 mod noise;

@@ -28,7 +28,7 @@ done
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 
-cargo build --release --lib --quiet
+cargo build --release --lib --features full --quiet
 target=${CARGO_TARGET_DIR:-target}/release
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 abi=$(sed -n 's/^#define DPIR_ABI_VERSION \([0-9]*\)$/\1/p' include/dpir.h)

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 tools/fetch_onnxruntime.py
-cargo build --release --quiet
+cargo build --release --features full --quiet

@@ -21,7 +21,7 @@ echo "== reference pipeline self-checks"
 $py tools/reference/test_reference.py
 
 echo "== Rust tests"
-cargo test --release
+cargo test --release --features full
 
 # The C ABI: the header, the installed libraries, and C and C++ programs built against them.
 capi=build/c-api

@@ -4,7 +4,7 @@
 #
 #   bash plugins/gimp/build.sh OUTPUT [LIBDPIR_A [INCLUDE_DIR]]
 #
-# LIBDPIR_A defaults to target/release/libdpir.a (cargo build --release --lib), INCLUDE_DIR to include/ (dpir.h).
+# LIBDPIR_A defaults to target/release/libdpir.a (cargo build --release --lib --features full), INCLUDE_DIR to include/ (dpir.h).
 # Needs a C compiler ($CC, default cc), pkg-config and libgimp-3.0-dev; extra flags come from $CFLAGS.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=$1
 libdpir=${2:-$here/../../target/release/libdpir.a}
 include=${3:-$here/../../include}
-[ -f "$libdpir" ] || { echo "$libdpir is missing: run cargo build --release --lib" >&2; exit 1; }
+[ -f "$libdpir" ] || { echo "$libdpir is missing: run cargo build --release --lib --features full" >&2; exit 1; }
 [ -f "$include/dpir.h" ] || { echo "$include/dpir.h is missing" >&2; exit 1; }
 gimp_libs=$(pkg-config --libs gimp-3.0 gimpui-3.0) || {
     echo "GIMP 3's development files are missing: install libgimp-3.0-dev (Debian trixie or newer)" >&2

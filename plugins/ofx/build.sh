@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cargo build --release --lib --quiet
+cargo build --release --lib --features full --quiet
 target=${CARGO_TARGET_DIR:-target}/release
 binary=$out/dpir.ofx.bundle/Contents/Linux-x86-64
 mkdir -p "$binary"

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(cd "$(bash tools/hosts/chroot.sh)" && pwd)
 py=build/venv/bin/python
-cargo build --release --quiet # libdpir.a and the CLI; nothing to do when tools/setup.sh just built them
+cargo build --release --features full --quiet # libdpir.a and the CLI; nothing to do when tools/setup.sh just built them
 
 work=$(mktemp -d "$root/tmp/dpir-gimp.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -79,5 +79,5 @@ unset ASAN_OPTIONS
 
 echo "-- MLT melt 7.42 in a Debian forky chroot (tests/ofx/melt.sh)"
 unset DPIR_ORT_LIB # a path of this machine, not of the chroot: melt's bundle carries its own copy
-cargo build --release --quiet # the dpir CLI the tiny-bundle frame is compared with
+cargo build --release --features full --quiet # the dpir CLI the tiny-bundle frame is compared with
 bash tests/ofx/melt.sh "$bundle"

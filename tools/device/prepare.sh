@@ -33,7 +33,7 @@ else
     part_mib=52
     measure="--size 1024 --steps 28 --runs 3 --opset 18 23 --tiled-size 2048 --check-size 256"
 fi
-cargo build --release --bin dpir --quiet
+cargo build --release --bin dpir --features full --quiet
 
 rm -rf "$kit" && mkdir -p "$kit/1/wheels"
 # The converter's packages that the device's Python lacks (it has torch, transformers, onnx, onnxscript).
