@@ -165,13 +165,18 @@ impl Model {
         let m = &self.manifest;
         match (caption, &self.text_encoder) {
             (Some(caption), Some(encoder)) => encoder.encode(caption, m, call.counted()),
-            (Some(_), None) => Err(Error::InvalidOptions(format!(
-                "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
-                bundle::TEXT_ENCODER_FILE,
-                m.text.prompts.keys().collect::<Vec<_>>()
-            ))),
+            (Some(_), None) => Err(self.no_text_encoder()),
             (None, _) => bundle::load_prompt(&self.dir, m, prompt.unwrap_or(&m.text.default)),
         }
+    }
+
+    /// The error of a caption given to a bundle without a text encoder.
+    pub(crate) fn no_text_encoder(&self) -> Error {
+        Error::InvalidOptions(format!(
+            "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
+            bundle::TEXT_ENCODER_FILE,
+            self.manifest.text.prompts.keys().collect::<Vec<_>>()
+        ))
     }
 
     /// `z_LQ = (mean - shift) * scaling` of LQ pixels (3, h, w) in [0, 1], w and h multiples of the downscale.

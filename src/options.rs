@@ -221,11 +221,7 @@ impl Settings {
             }
         }
         if options.prompt_text.is_some() && !model.has_text_encoder() {
-            return Err(Error::InvalidOptions(format!(
-                "this bundle has no text encoder ({}); use one of its precomputed prompts {:?} or \"zeros\"",
-                bundle::TEXT_ENCODER_FILE,
-                m.text.prompts.keys().collect::<Vec<_>>()
-            )));
+            return Err(model.no_text_encoder());
         }
         let batch = options.tile_batch.unwrap_or(1);
         if !(1..=64).contains(&batch) {

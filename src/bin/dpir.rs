@@ -1,6 +1,5 @@
 //! `dpir`: restore images with a DPIR model bundle, inspect bundles, measure the runtime.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use dpir::{
     ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer,
     RuntimeOptions, Stage, TileMode,
 };
+use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Array4};
 
 #[derive(Parser)]
@@ -274,7 +274,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             (options.steps, options.seed, options.guidance) = (steps, seed, guidance);
             (options.prompt, options.prompt_text, options.noise) = (prompt, prompt_text, noise);
             (options.tile_size, options.tile_overlap, options.tile_batch) = (tile_size, tile_overlap, tile_batch);
-            options.progress = (!quiet).then(progress_bar);
+            let bar = match quiet {
+                true => ProgressBar::hidden(),
+                false => ProgressBar::new(BAR_UNITS).with_style(
+                    ProgressStyle::with_template("{msg:<32} [{bar:28}] {percent:>3}% {elapsed}")
+                        .expect("a valid template")
+                        .progress_chars("#>-"),
+                ),
+            };
+            options.progress = (!quiet).then(|| progress_bar(bar.clone()));
             let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
             let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
             let mut restored = vec![0u8; out_layout.validate()?];
@@ -283,9 +291,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 &mut PixelsMut::new(out_layout, &mut restored)?,
                 &options,
             );
-            if !quiet {
-                eprintln!();
-            }
+            bar.finish_and_clear();
             let stats = stats?;
             if let Some(path) = save_noise {
                 let noise = restorer.starting_noise(layout.width, layout.height, &options)?;
@@ -395,16 +401,10 @@ fn synthetic(size: usize) -> Image {
 }
 
 /// A one-line progress display on stderr: stage, step and tile.
-fn progress_bar() -> Arc<dpir::ProgressFn> {
-    let started = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
-    let last = parking_lot::Mutex::new(None::<(Stage, usize)>);
+/// Feeds a progress bar with the library's reports: the bar follows their overall fraction, the message says
+/// which stage, step and tile run. indicatif draws it only when stderr is a terminal.
+fn progress_bar(bar: ProgressBar) -> Arc<dpir::ProgressFn> {
     Arc::new(move |p: &Progress| {
-        let mut last = last.lock();
-        if *last == Some((p.stage, p.step)) {
-            return true;
-        }
-        *last = Some((p.stage, p.step));
         let stage = match p.stage {
             Stage::Encode => "encode",
             Stage::Prompt => "prompt",
@@ -412,20 +412,11 @@ fn progress_bar() -> Arc<dpir::ProgressFn> {
             Stage::Decode => "decode",
             _ => "work",
         };
-        let width = 28;
-        let filled = (p.step * width).checked_div(p.steps).unwrap_or(0);
-        let line = format!(
-            "{stage:<6} [{}{}] step {}/{} tile {}/{} {:.1}s",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            p.step,
-            p.steps,
-            p.tile,
-            p.tiles,
-            started.elapsed().as_secs_f64()
-        );
-        let mut err = std::io::stderr().lock();
-        let _ = if terminal { write!(err, "\r{line}") } else { writeln!(err, "{line}") };
+        bar.set_message(format!("{stage:<6} step {}/{} tile {}/{}", p.step, p.steps, p.tile, p.tiles));
+        bar.set_position((p.fraction * BAR_UNITS as f32).round() as u64);
         true
     })
 }
+
+/// Positions of the progress bar: fine enough for a fraction.
+const BAR_UNITS: u64 = 1000;
