@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{cli, picture, run, write_png};
 
 fn restore_with(extra: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let input = dir.path().join("in.png");
     let output = dir.path().join("out.png");
     write_png(&input, &picture(12, 12));
@@ -41,7 +41,7 @@ fn environment_variable_is_honoured_before_the_default_locations() {
 
 #[test]
 fn a_file_that_is_not_a_library() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let fake = dir.path().join("libonnxruntime.so");
     std::fs::write(&fake, "not an ELF file\n".repeat(300)).unwrap();
     let (ok, stderr) = restore_with(&["--ort-lib", fake.to_str().unwrap()], &[]);
@@ -51,7 +51,7 @@ fn a_file_that_is_not_a_library() {
 
 #[test]
 fn a_library_that_is_too_old() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let library = dir.path().join("libonnxruntime.so.1.20.0");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/old_onnxruntime.c");
     let status = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&library).arg(&source).status().unwrap();
@@ -70,7 +70,7 @@ fn an_execution_provider_that_cannot_be_registered_names_what_is_missing() {
 
 #[test]
 fn auto_falls_back_and_says_what_it_chose() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let input = dir.path().join("in.png");
     write_png(&input, &picture(12, 12));
     let out =
@@ -94,7 +94,7 @@ fn stub_library(path: &Path) {
 
 #[test]
 fn cuda_libraries_come_from_nvidia_python_packages() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let driver = dir.path().join("driver");
     stub_library(&driver.join("libcuda.so.1"));
     let venv = dir.path().join("venv");
@@ -126,7 +126,7 @@ fn cuda_libraries_come_from_nvidia_python_packages() {
 /// Runs `dpir info` on the oracle bundle with `exe` and only the given environment (plus an empty HOME); returns
 /// whether it succeeded, its stdout and its stderr.
 fn info_with(exe: &Path, env: &[(&str, &Path)]) -> (bool, String, String) {
-    let home = tempfile::tempdir().unwrap();
+    let home = scratch();
     let mut command = Command::new(exe);
     command.env_clear().env("HOME", home.path()).arg("info").arg(common::bundle("oracle"));
     for (key, value) in env {
@@ -136,12 +136,19 @@ fn info_with(exe: &Path, env: &[(&str, &Path)]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-/// The CLI copied out of the source tree, into `dir/cli/bin/`: what an installed dpir sees, with no checkout around it.
+/// The CLI out of the source tree, in `dir/cli/bin/`: what an installed dpir sees, with no checkout around it. A
+/// hard link, not a copy: a copy's file is open for writing while another test thread forks, and starting it then
+/// fails with "text file busy". `dir` comes from [`scratch`], on the target folder's file system.
 fn installed_cli(dir: &Path) -> std::path::PathBuf {
     let bin = dir.join("cli/bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_dpir"), bin.join("dpir")).unwrap();
+    std::fs::hard_link(env!("CARGO_BIN_EXE_dpir"), bin.join("dpir")).unwrap();
     bin.join("dpir")
+}
+
+/// A scratch folder under the target folder (outside any checkout's layout `CHECKOUT/target/PROFILE/dpir`).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 /// The library the project fetched (tools/setup.sh).
@@ -169,7 +176,7 @@ fn the_cli_of_a_checkout_uses_the_fetched_copy_with_nothing_set() {
 
 #[test]
 fn an_installed_cli_finds_nothing_of_the_checkout() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let (ok, _, stderr) = info_with(&installed_cli(dir.path()), &[]);
     assert!(!ok);
     assert!(stderr.contains("ONNX Runtime 1.31 or newer was not found"), "{stderr}");
@@ -178,7 +185,7 @@ fn an_installed_cli_finds_nothing_of_the_checkout() {
 
 #[test]
 fn a_python_package_in_the_active_virtual_environment_is_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let venv = dir.path().join("venv");
     let library = install_wheel(&venv.join("lib/python3.12/site-packages"));
     let (ok, stdout, stderr) = info_with(&installed_cli(dir.path()), &[("VIRTUAL_ENV", &venv)]);
@@ -188,7 +195,7 @@ fn a_python_package_in_the_active_virtual_environment_is_found() {
 
 #[test]
 fn pythons_on_path_are_located_without_running_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let exe = installed_cli(dir.path());
     let marker = dir.path().join("python-ran");
     // A Python installation whose `python3` only leaves a marker behind, were it ever started.
