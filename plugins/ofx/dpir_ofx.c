@@ -305,8 +305,8 @@ struct settings {
     int encoding;
 };
 
-/* The dpir frame of one (time, render scale, parameters, frame) in whole-frame mode: the host renders a frame as
- * many tiles, and they share its global prompt, computed once. Counted while renders use it. */
+/* The dpir frame of one (time, render scale, parameters, frame, source pixels) in whole-frame mode: the host
+ * renders a frame as many tiles, and they share its global prompt, computed once. Counted while renders use it. */
 struct shared_frame {
     dpir_frame *frame;
     unsigned users; /* renders using it, plus one while it is the instance's current frame */
@@ -315,6 +315,7 @@ struct shared_frame {
         double time, scale[2];
         OfxRectI frame;
         const dpir_restorer *restorer;
+        uint64_t source; /* pixels_digest() of the source frame */
     } key;
 };
 
@@ -576,6 +577,26 @@ static void describe_pixels(const struct image *im, OfxRectI r, dpir_pixels *px)
     px->transfer = im->transfer;
     px->stride = -(ptrdiff_t)im->row_bytes;
     px->data = pixel_at(im, r.x1, r.y2 - 1);
+}
+
+/* A 64-bit digest of a rectangle's pixels (FNV-1a over 8-byte words, the row's tail bytewise): a frame's tiles
+ * share its global prompt only while the source they see is the same, so an upstream change at the same time
+ * makes a new frame. Reading the frame once per tile costs little beside the model. */
+static uint64_t pixels_digest(const struct image *im, OfxRectI r) {
+    const uint64_t prime = 0x100000001b3ull;
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t bytes = (size_t)(r.x2 - r.x1) * im->pixel_bytes;
+    for (int y = r.y1; y < r.y2; y++) {
+        const unsigned char *row = (const unsigned char *)pixel_at(im, r.x1, y);
+        size_t i = 0;
+        for (; i + 8 <= bytes; i += 8) {
+            uint64_t word;
+            memcpy(&word, row + i, sizeof word);
+            h = (h ^ word) * prime;
+        }
+        for (; i < bytes; i++) h = (h ^ row[i]) * prime;
+    }
+    return h;
 }
 
 /* Sets a rectangle of an image to zero (transparent black). */
@@ -995,8 +1016,8 @@ static OfxStatus render(const struct suites *s, OfxImageEffectHandle effect, Ofx
         key.scale[1] = scale[1];
         key.frame = frame;
         key.restorer = m->restorer;
+        key.source = pixels_digest(&src, crop);
         shared = shared_frame_acquire(in, &key, &source, &options, &result);
-        region.source = &source;
         if (shared)
             result = dpir_frame_restore_region(shared->frame, &region, &destination, on_progress, &call, cancel);
     } else {

@@ -22,6 +22,9 @@
  *             without an error message and leave no poison.
  *   still     the same source rendered at frames 0 and 1 must give identical results (no flicker);
  *   varying   ... must give different results (noise that changes per frame).
+ *   edited    the source changes upstream between two renders of the same frame (same time, scale, parameters):
+ *             the second must equal what a fresh instance renders from the changed source (a plug-in that keeps
+ *             per-frame state must notice the change).
  *
  * The OpenFX declarations are the project's (plugins/ofx/openfx.h, shared with the plug-in); melt, built with the
  * standard's own headers, cross-checks them in tests/ofx/melt.sh.
@@ -359,6 +362,9 @@ static int is_poison(const void *p, enum depth d) {
 
 /* The source frame: smooth structure plus fine texture; alpha in [0.5, 1]. (x, y) are pixel coordinates at the
  * render scale, y up. The value is straight (not premultiplied). */
+/* An upstream edit: the `edited` check shifts the source's colour channels by this much. */
+static double source_shift;
+
 static double pattern(int c, int x, int y, double scale) {
     double u = (x + 0.5) / scale, v = (y + 0.5) / scale;
     if (c == 3) return 0.5 + 0.5 * (0.5 + 0.5 * sin(u * 0.05 + v * 0.03));
@@ -366,7 +372,7 @@ static double pattern(int c, int x, int y, double scale) {
     h ^= h >> 13, h *= 0x5bd1e995u, h ^= h >> 15;
     double noise = (h & 0xffff) / 65535.0 - 0.5;
     double value = 0.45 + 0.3 * sin(u * 0.07 + c * 1.9) * cos(v * 0.05 - c * 0.7) + 0.1 * noise + 0.05 * c;
-    return fmin(fmax(value, 0.02), 0.98);
+    return fmin(fmax(value + source_shift, 0.02), 0.98);
 }
 
 /* ==== Images ==== */
@@ -1593,6 +1599,38 @@ static void check_frames(struct plugin *pl, struct options *o, char **settings, 
     destroy_instance(pl, e);
 }
 
+/* Renders frame 0 of `e` whole into a new buffer. */
+static float *render_frame_zero(struct plugin *pl, struct options *o, struct effect *e, OfxRectI frame, size_t n) {
+    struct image *out;
+    float *result = xcalloc(n, sizeof *result);
+    struct render_result rr = render_at(pl, e, 0, 1.0, frame, 0, o->serve_whole, &out);
+    if (rr.status != kOfxStatOK) FAIL("the render of frame 0 failed with status %d", rr.status);
+    collect(out, frame, frame, result);
+    image_free(out);
+    return result;
+}
+
+static void check_edited(struct plugin *pl, struct options *o, char **settings, int nsettings) {
+    struct effect *e = create_instance(pl, o->format, o->canonical_w, o->canonical_h, settings, nsettings);
+    OfxRectI frame = to_pixels((OfxRectD){0, 0, o->canonical_w, o->canonical_h}, 1.0);
+    size_t n = (size_t)(frame.x2 - frame.x1) * (frame.y2 - frame.y1) * o->format.channels;
+    float *before = render_frame_zero(pl, o, e, frame, n);
+    source_shift = 0.1;
+    float *after = render_frame_zero(pl, o, e, frame, n);
+    struct effect *fresh = create_instance(pl, o->format, o->canonical_w, o->canonical_h, settings, nsettings);
+    float *expected = render_frame_zero(pl, o, fresh, frame, n);
+    double changed = max_difference(before, after, n), stale = max_difference(after, expected, n);
+    printf("source edited between two renders of frame 0: the result moved by %.3g; against a fresh instance %.3g\n",
+           changed, stale);
+    if (!(changed > 0)) FAIL("the render did not follow the edited source");
+    if (stale > o->tolerance) FAIL("the second render kept state of the unedited source");
+    free(before);
+    free(after);
+    free(expected);
+    destroy_instance(pl, fresh);
+    destroy_instance(pl, e);
+}
+
 static int parse_list(const char *text, double *values, int max) {
     int n = 0;
     const char *p = text;
@@ -1645,7 +1683,7 @@ int main(int argc, char **argv) {
     }
     if (argc - k < 3) {
         fprintf(stderr, "usage: %s [OPTIONS] BUNDLE.ofx.bundle PLUGIN_ID describe|tiles|identity|fail|abort|"
-                        "still|varying [PARAM=VALUE ...]\n", argv[0]);
+                        "still|varying|edited [PARAM=VALUE ...]\n", argv[0]);
         return 2;
     }
     const char *bundle = argv[k], *id = argv[k + 1], *check = argv[k + 2];
@@ -1665,6 +1703,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(check, "abort")) check_failure(&pl, &o, settings, nsettings, 1);
     else if (!strcmp(check, "still")) check_frames(&pl, &o, settings, nsettings, 1);
     else if (!strcmp(check, "varying")) check_frames(&pl, &o, settings, nsettings, 0);
+    else if (!strcmp(check, "edited")) check_edited(&pl, &o, settings, nsettings);
     else die("unknown check %s", check);
 
     OfxStatus st = call(&pl, kOfxActionUnload, NULL, NULL, NULL);

@@ -59,6 +59,8 @@ host --frame 160x120 --scales 1 "$bundle" $id identity $oracle steps=1 global_co
 echo "-- a still source does not flicker from frame to frame; with a seed per frame it does change"
 host "$bundle" $id still $tiny steps=2
 host "$bundle" $id varying $tiny steps=2 seed_per_frame=1
+echo "-- a source edited upstream between two renders of one frame makes a new global prompt, not a stale one"
+host "$bundle" $id edited $tiny steps=2
 
 echo "-- failures are kOfxStatFailed with a message and a cleared window, never a crash; abort stops a render"
 host "$bundle" $id fail model=/no/such/bundle
