@@ -39,6 +39,7 @@ pub(crate) const TENSORRT_MAX_BATCH: usize = 2;
 /// `dpir.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Manifest {
     /// Always `"dpir-bundle"`.
     pub format: String,
@@ -68,6 +69,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// The VAE's latent space: `z = (mean - shift_factor) * scaling_factor`.
+#[non_exhaustive]
 pub struct LatentSpec {
     /// Latent channels (16 for SD3).
     pub channels: usize,
@@ -82,6 +84,7 @@ pub struct LatentSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// The transformer's input geometry and widths.
+#[non_exhaustive]
 pub struct TransformerSpec {
     /// Latent samples per patch along each axis (2 for SD3).
     pub patch_size: usize,
@@ -96,6 +99,7 @@ pub struct TransformerSpec {
 /// Which image CLIP sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ClipInput {
     /// The (upsampled) low-quality input, as the released script does.
     Lq,
@@ -106,6 +110,7 @@ pub enum ClipInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// The CLIP image prompts and their preprocessing.
+#[non_exhaustive]
 pub struct ClipSpec {
     /// Side of the square CLIP input (224).
     pub image_size: usize,
@@ -134,6 +139,7 @@ pub struct ClipSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// The text block of the context.
+#[non_exhaustive]
 pub struct TextSpec {
     /// Rows of the text block (256 for T5).
     pub tokens: usize,
@@ -149,6 +155,7 @@ pub struct TextSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// The sampling schedule.
+#[non_exhaustive]
 pub struct SchedulerSpec {
     /// `"flow_match_euler"`.
     #[serde(rename = "type")]
@@ -164,6 +171,7 @@ pub struct SchedulerSpec {
 /// How the colour of the result is tied back to the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ColorFix {
     /// High frequencies of the result + low frequencies of the input (StableSR's wavelet fix).
     Wavelet,
@@ -174,6 +182,7 @@ pub enum ColorFix {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 /// Defaults of the restore options.
+#[non_exhaustive]
 pub struct Defaults {
     /// Guidance scale; 1 is off.
     pub guidance: f32,

@@ -12,8 +12,8 @@ pub enum Error {
     #[error(
         "ONNX Runtime 1.31 or newer was not found; looked for {}. Put libonnxruntime.so beside the program, set \
          DPIR_ORT_LIB to its path, or install the onnxruntime Python package (in a dpir source checkout, \
-         `python3 tools/fetch_onnxruntime.py` fetches one into build/onnxruntime/lib, which the CLI takes and \
-         other programs are given with DPIR_ORT_LIB)",
+         `python3 tools/fetch_onnxruntime.py` fetches one that the CLI takes; other programs name it with \
+         DPIR_ORT_LIB)",
         display_paths(.searched)
     )]
     OnnxRuntimeNotFound {

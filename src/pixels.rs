@@ -13,6 +13,7 @@ pub const MAX_SIDE: usize = 1 << 16;
 
 /// How one sample is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SampleType {
     /// 8-bit unsigned, 0..=255 maps to [0, 1].
     U8,
@@ -37,6 +38,7 @@ impl SampleType {
 
 /// Whether colour samples are multiplied by alpha.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AlphaMode {
     /// Colour independent of alpha.
     #[default]
@@ -47,6 +49,7 @@ pub enum AlphaMode {
 
 /// How colour samples encode light.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Transfer {
     /// sRGB-encoded (what the model was trained on).
     #[default]
@@ -61,6 +64,7 @@ pub enum Transfer {
 /// handed over starts at the lowest address, which holds the last row, and row `y` starts at
 /// `(height - 1 - y) * |stride|`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PixelLayout {
     /// Pixels per row.
     pub width: usize,
@@ -83,6 +87,21 @@ impl PixelLayout {
     pub fn packed(width: usize, height: usize, channels: usize, sample: SampleType) -> PixelLayout {
         let stride = (width * channels * sample.size()) as isize;
         PixelLayout { width, height, channels, sample, alpha: AlphaMode::Straight, transfer: Transfer::Srgb, stride }
+    }
+
+    /// The same layout with `alpha` (4 channels only).
+    pub fn with_alpha(self, alpha: AlphaMode) -> PixelLayout {
+        PixelLayout { alpha, ..self }
+    }
+
+    /// The same layout with `transfer`.
+    pub fn with_transfer(self, transfer: Transfer) -> PixelLayout {
+        PixelLayout { transfer, ..self }
+    }
+
+    /// The same layout with rows `stride` bytes apart (negative for bottom-up buffers).
+    pub fn with_stride(self, stride: isize) -> PixelLayout {
+        PixelLayout { stride, ..self }
     }
 
     /// Bytes of one row's pixels (without padding).

@@ -93,6 +93,7 @@ fn every_pixel_format_round_trips_with_alpha_untouched() {
                 SampleType::U16 => 1.0 / 65535.0,
                 SampleType::F16 => 1e-3,
                 SampleType::F32 => 0.0,
+                other => panic!("no quantum for {other:?}"),
             };
             assert!(diff <= TOLERANCE + quantum, "{sample:?} x{channels}: max diff {diff}");
             if channels == 4 {
@@ -115,6 +116,7 @@ fn pattern_bytes(layout: &PixelLayout) -> Vec<u8> {
             SampleType::U16 => ((v * 65535.0).round() as u16).to_ne_bytes().to_vec(),
             SampleType::F16 => half::f16::from_f32(v).to_ne_bytes().to_vec(),
             SampleType::F32 => v.to_ne_bytes().to_vec(),
+            other => panic!("no pattern for {other:?}"),
         })
         .collect()
 }
@@ -125,6 +127,7 @@ fn decode(layout: &PixelLayout, bytes: &[u8]) -> Vec<f32> {
         SampleType::U16 => bytes.chunks(2).map(|c| u16::from_ne_bytes([c[0], c[1]]) as f32 / 65535.0).collect(),
         SampleType::F16 => bytes.chunks(2).map(|c| half::f16::from_ne_bytes([c[0], c[1]]).to_f32()).collect(),
         SampleType::F32 => bytes.chunks(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect(),
+        other => panic!("no decoding of {other:?}"),
     }
 }
 

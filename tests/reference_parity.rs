@@ -67,6 +67,7 @@ fn check(case: Case) {
     let clip_input = match case.clip_input {
         ClipInput::Lq => "lq",
         ClipInput::InitialRestoration => "initial_restoration",
+        other => panic!("the reference has no CLIP input {other:?}"),
     };
     let tiling = case.joint.as_ref().map(|joint| {
         let (tile, overlap) = (joint.tile.to_string(), joint.overlap.to_string());
