@@ -1142,8 +1142,8 @@ dpir_status dpir_restore_region(const struct dpir_restorer *restorer,
 /**
  * Prepares a frame of `frame_width` x `frame_height` input pixels for `dpir_frame_restore_region()` calls and
  * stores it in `*frame` (NULL on failure). `context` is the whole frame, at any resolution (a proxy will do), for
- * the global prompt; with the frame itself at full resolution, regions equal the same rectangles of a
- * whole-frame `dpir_restore()` in the default (independent) tile mode. `options` (NULL: the defaults) are the
+ * the global prompt; each region then equals, bit for bit, what `dpir_restore_region()` gives with the same
+ * context (see `dpir_region` for when that is the whole-frame restore). `options` (NULL: the defaults) are the
  * restore's, for every region of the frame; its progress callback and cancel handle serve this call only.
  *
  * This runs the global prompt (CLIP over the context's global tiles: seconds on a GPU, minutes on a CPU for the

@@ -16,9 +16,9 @@ use crate::source::{FrameSource, Sink, SourceData};
 use crate::tiled::{self, Render};
 
 /// One frame of a restore: made by [`Restorer::frame`](crate::Restorer::frame) from the frame's size, its
-/// global context and the options, it restores any rectangle of the frame, from any thread, each equal to the same
-/// rectangle of a whole-frame restore (in the default independent tile mode). It keeps the model loaded while it
-/// lives.
+/// global context and the options, it restores any rectangle of the frame, from any thread, each as
+/// `Restorer::restore_region` would with that context (in the default independent tile mode, the same rectangle
+/// of a whole-frame restore when the context is the frame). It keeps the model loaded while it lives.
 pub struct Frame {
     model: Arc<Model>,
     settings: Settings,

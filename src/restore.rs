@@ -202,9 +202,9 @@ impl Restorer {
     }
 
     /// Prepares a frame of `frame` (width, height) input pixels whose global prompt comes from `context`, the
-    /// whole frame at any resolution (a proxy will do; the frame itself gives regions that equal the whole-frame
-    /// restore). Each [`Frame::restore_region`] then pays only for the tiles it needs: a host that renders one
-    /// frame as many tiles computes the global prompt (many CLIP passes on the real model) once.
+    /// whole frame at any resolution (a proxy will do). Each [`Frame::restore_region`] then pays only for the
+    /// tiles it needs, and equals [`Restorer::restore_region`] with the same context bit for bit: a host that
+    /// renders one frame as many tiles computes the global prompt (many CLIP passes on the real model) once.
     pub fn frame(&self, frame: (usize, usize), context: Pixels<'_>, options: &RestoreOptions) -> Result<Frame> {
         let settings = Settings::resolve(&self.model, options)?;
         let control = options.control();
