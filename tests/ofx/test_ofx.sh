@@ -36,7 +36,12 @@ host --frame 192x144 --tiles 80x56,53x71 "$bundle" $id tiles $tiny steps=2 $smal
 
 echo "-- the tiles of a frame share one dpir frame: 9 tiles compute the global prompt once (DPIR_TRACE prints each"
 echo "   one): once for the full-frame render's instance, once for the tiles' instance; ten times without a frame"
-count_prompts() { DPIR_TRACE=1 host "$@" 2>&1 | tee /dev/stderr | grep -c "^dpir trace: global prompt" || true; }
+count_prompts() { # the host's output on stderr, the number of global prompts on stdout
+    local log
+    log=$(DPIR_TRACE=1 host "$@" 2>&1) || { echo "$log" >&2; return 1; }
+    grep -v "^dpir trace: " <<<"$log" >&2
+    grep -c "^dpir trace: global prompt" <<<"$log" || true
+}
 shared=$(count_prompts --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles $tiny steps=2 $small_tiles)
 apart=$(count_prompts --serve-whole --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles $tiny steps=2 \
     $small_tiles global_context=Region)
