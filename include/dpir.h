@@ -452,7 +452,7 @@ typedef struct dpir_load_options {
      */
     int32_t device;
     /**
-     * ONNX Runtime intra-op threads per graph; 0 (default) lets ONNX Runtime choose (one per core).
+     * ONNX Runtime intra-op threads per graph, at most 256; 0 (default) lets ONNX Runtime choose (one per core).
      */
     uint32_t threads;
     /**

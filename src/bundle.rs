@@ -33,6 +33,12 @@ pub fn default_model_dir() -> Option<PathBuf> {
 /// field sees real neighbours instead of padding. A multiple of every patch size in use.
 pub(crate) const VAE_MARGIN: usize = 8;
 
+/// Denoising steps a restore may take, from the options or the manifest's default.
+pub(crate) const STEPS: std::ops::RangeInclusive<usize> = 1..=1000;
+
+/// Guidance scales a restore may take, from the options or the manifest's default.
+pub(crate) const GUIDANCE: std::ops::RangeInclusive<f32> = 1.0..=100.0;
+
 /// The largest transformer batch that TensorRT engines are built for: one sample, doubled by guidance.
 pub(crate) const TENSORRT_MAX_BATCH: usize = 2;
 
@@ -282,6 +288,29 @@ impl Manifest {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));
             }
+        }
+        // The defaults must be values the options would accept, or every restore that leaves them unset would fail
+        // with an options error blamed on its caller.
+        if !STEPS.contains(&self.scheduler.steps) {
+            return Err(bad("scheduler.steps", format!("must be between 1 and 1000, found {}", self.scheduler.steps)));
+        }
+        let guidance = self.defaults.guidance;
+        if !(guidance.is_finite() && GUIDANCE.contains(&guidance)) {
+            return Err(bad("defaults.guidance", format!("must be between 1 and 100, found {guidance}")));
+        }
+        let patch = self.transformer.patch_size;
+        if self.default_tile() < patch {
+            return Err(bad(
+                "defaults.latent_tile",
+                format!("must be at least transformer.patch_size ({patch}), found {}", self.defaults.latent_tile),
+            ));
+        }
+        let tile = self.default_tile() / patch * patch;
+        if self.defaults.latent_overlap >= tile {
+            return Err(bad(
+                "defaults.latent_overlap",
+                format!("must be smaller than the default tile ({tile}), found {}", self.defaults.latent_overlap),
+            ));
         }
         if self.transformer.pooled_width != self.clip.local_width + self.clip.global_width {
             return Err(bad(

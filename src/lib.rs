@@ -48,7 +48,7 @@ pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, T
 pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
 pub use rect::Rect;
 pub use restore::{Region, Requirements, Restoration, Restorer};
-pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo};
+pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo, MAX_THREADS};
 
 /// The crate version, as `major.minor.patch`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

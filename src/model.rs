@@ -148,6 +148,7 @@ impl Model {
 
     /// The output (width, height) for an input size and scale.
     pub(crate) fn output_size(&self, width: usize, height: usize, scale: f32) -> Result<(usize, usize)> {
+        check_scale(scale)?;
         if width == 0 || height == 0 {
             return Err(Error::InvalidImage(format!("{width}x{height} has no pixels")));
         }
@@ -351,6 +352,16 @@ impl TextEncoder {
         let hidden = self.graph.run_ids("input_ids", ids, &shape, "last_hidden_state", timer)?;
         let hidden: Array3<f32> = hidden.into_dimensionality().map_err(|_| bad_rank("last_hidden_state"))?;
         Ok(hidden.index_axis_move(Axis(0), 0))
+    }
+}
+
+/// Refuses a scale that is not a positive finite number: an invalid option from every entry point, before any
+/// size is computed with it.
+pub(crate) fn check_scale(scale: f32) -> Result<()> {
+    if scale.is_finite() && scale > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidOptions(format!("scale must be a positive number, got {scale}")))
     }
 }
 

@@ -6,7 +6,7 @@ use ndarray::Array4;
 
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, VAE_MARGIN};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{check_scale, Model};
 use crate::progress::{CancelToken, Control, Progress, ProgressFn};
 use crate::runtime::ExecutionProvider;
 
@@ -185,15 +185,13 @@ impl Settings {
         let m = model.manifest();
         let d = &m.defaults;
         let scale = options.scale.unwrap_or(1.0);
-        if !(scale.is_finite() && scale > 0.0) {
-            return Err(Error::InvalidOptions(format!("scale must be a positive number, got {scale}")));
-        }
+        check_scale(scale)?;
         let steps = options.steps.unwrap_or(m.scheduler.steps);
-        if !(1..=1000).contains(&steps) {
+        if !bundle::STEPS.contains(&steps) {
             return Err(Error::InvalidOptions(format!("steps must be between 1 and 1000, got {steps}")));
         }
         let guidance = options.guidance.unwrap_or(d.guidance);
-        if !(guidance.is_finite() && (1.0..=100.0).contains(&guidance)) {
+        if !(guidance.is_finite() && bundle::GUIDANCE.contains(&guidance)) {
             return Err(Error::InvalidOptions(format!("guidance must be between 1 and 100, got {guidance}")));
         }
         let patch = m.transformer.patch_size;

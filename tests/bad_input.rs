@@ -135,6 +135,64 @@ fn manifest_that_disagrees_with_its_graphs() {
     assert!(stderr.contains("expected 8, found 12"), "{stderr}");
 }
 
+/// A manifest's defaults are checked at load against the options' ranges: a bad one is the bundle's error, naming
+/// dpir.json and the field, not an options error blamed on every caller that leaves the option unset.
+#[test]
+fn bundle_defaults_out_of_range_are_the_bundles_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = oracle_copy(dir.path());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(broken.join("dpir.json")).unwrap()).unwrap();
+    for (section, field, value) in [
+        ("scheduler", "steps", serde_json::json!(5000)),
+        ("defaults", "guidance", serde_json::json!(0.5)),
+        ("defaults", "latent_tile", serde_json::json!(1)),
+        ("defaults", "latent_overlap", serde_json::json!(4096)),
+    ] {
+        let mut json = manifest.clone();
+        json[section][field] = value;
+        fs::write(broken.join("dpir.json"), json.to_string()).unwrap();
+        let error = Restorer::load(&broken, &runtime_options()).err().expect("a bad default is refused at load");
+        assert_eq!(error.kind(), ErrorKind::Bundle, "{section}.{field}: {error}");
+        let message = error.to_string();
+        assert!(message.contains("dpir.json") && message.contains(&format!("{section}.{field}")), "{message}");
+    }
+}
+
+/// Thread counts over the documented bound are refused before ONNX Runtime sees them.
+#[test]
+fn thread_counts_over_the_bound_are_refused() {
+    let options = runtime_options().threads(dpir::MAX_THREADS + 1);
+    let error = Restorer::load(bundle("oracle"), &options).err().expect("too many threads are refused");
+    assert_eq!(error.kind(), ErrorKind::InvalidOptions);
+    assert!(error.to_string().contains("threads must be at most 256"), "{error}");
+}
+
+/// A scale that is not a positive finite number is an invalid option from every entry point.
+#[test]
+fn a_bad_scale_is_an_invalid_option_everywhere() {
+    let oracle = restorer("oracle");
+    let image = picture(8, 8);
+    let layout = PixelLayout::packed(8, 8, 3, SampleType::U8);
+    let bytes = vec![100u8; layout.validate().unwrap()];
+    for scale in [f32::INFINITY, f32::NAN, 0.0, -1.0] {
+        let options = RestoreOptions::new().scale(scale);
+        let mut out = vec![0u8; bytes.len()];
+        let source = dpir::Pixels::new(layout, &bytes).unwrap();
+        let results = [
+            oracle.restore(&image, &options).map(|_| ()),
+            oracle.requirements(8, 8, &options).map(|_| ()),
+            oracle.output_size(8, 8, scale).map(|_| ()),
+            oracle.region_of_interest((8, 8), dpir::Rect::new(0, 0, 8, 8), &options).map(|_| ()),
+            oracle.restore_pixels(&source, &mut dpir::PixelsMut::new(layout, &mut out).unwrap(), &options).map(|_| ()),
+        ];
+        for (entry, result) in results.into_iter().enumerate() {
+            let error = result.expect_err("a bad scale is refused");
+            assert_eq!(error.kind(), ErrorKind::InvalidOptions, "scale {scale}, entry point {entry}: {error}");
+        }
+    }
+}
+
 #[test]
 fn malformed_manifest() {
     let dir = tempfile::tempdir().unwrap();

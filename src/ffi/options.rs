@@ -113,7 +113,7 @@ pub struct dpir_load_options {
     pub execution_provider: u32,
     /// CUDA device ordinal for CUDA and TensorRT, >= 0. Default 0. No effect on the CPU.
     pub device: i32,
-    /// ONNX Runtime intra-op threads per graph; 0 (default) lets ONNX Runtime choose (one per core).
+    /// ONNX Runtime intra-op threads per graph, at most 256; 0 (default) lets ONNX Runtime choose (one per core).
     pub threads: u32,
     /// Nonzero (default 1) builds fp16 TensorRT engines. No effect on other providers.
     pub tensorrt_fp16: u32,

@@ -23,6 +23,10 @@ pub(crate) use tensorrt::{bundle_key, GraphHints, Profile, ProfileInput};
 
 use crate::error::{Error, Result};
 
+/// The most intra-op threads a session may be given, checked before ONNX Runtime sees the count: a huge one ends
+/// the process inside its thread pool instead of returning an error.
+pub const MAX_THREADS: usize = 256;
+
 /// How sessions are created. Build them with the setters (`RuntimeOptions::new().threads(4)`) or set the
 /// public fields of a [`RuntimeOptions::default`]; fields are only ever added.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +36,7 @@ pub struct RuntimeOptions {
     pub onnxruntime_library: Option<PathBuf>,
     /// Where the graphs run. Default: CPU.
     pub execution_provider: ExecutionProvider,
-    /// Intra-op threads per session; 0 lets ONNX Runtime choose (one per core).
+    /// Intra-op threads per session, up to [`MAX_THREADS`]; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
     /// On CUDA and TensorRT, the most device memory, in bytes, that each graph's memory arena may take (ONNX
     /// Runtime's `gpu_mem_limit`; the five graphs have an arena each, and cuDNN's workspaces come on top).
@@ -112,6 +116,12 @@ impl Runtime {
     /// Loads ONNX Runtime and settles the execution provider by building a session for `probe_graph` with each
     /// candidate in turn. Returns the runtime and that first session.
     pub(crate) fn new(options: &RuntimeOptions, probe_graph: &Path, hints: &GraphHints) -> Result<(Runtime, Graph)> {
+        if options.threads > MAX_THREADS {
+            return Err(Error::InvalidOptions(format!(
+                "threads must be at most {MAX_THREADS} (0: one per core), got {}",
+                options.threads
+            )));
+        }
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
         let sessions = SessionSettings { threads: options.threads, gpu_memory_limit: options.gpu_memory_limit };
         let mut last_error = None;
