@@ -193,6 +193,33 @@ fn a_bad_scale_is_an_invalid_option_everywhere() {
     }
 }
 
+/// A restored file gets the mode a plain write would leave: 0666 less the umask when new, its own when replaced.
+#[test]
+fn outputs_get_the_usual_file_mode() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let dir = tempfile::tempdir().unwrap();
+    let input = good_png(dir.path());
+    let (fresh, replaced) = (dir.path().join("fresh.png"), dir.path().join("replaced.png"));
+    fs::write(&replaced, b"an older result").unwrap();
+    fs::set_permissions(&replaced, fs::Permissions::from_mode(0o604)).unwrap();
+    for output in [&fresh, &replaced] {
+        let mut command = cli();
+        command.arg("restore").arg(&input).arg(output).args(["--quiet", "--steps", "1"]);
+        // SAFETY: umask is async-signal-safe, so it may run between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o027);
+                Ok(())
+            });
+        }
+        let out = run(&mut command);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o640, "a new file: 0666 less the umask 027");
+    assert_eq!(mode(&replaced), 0o604, "a replaced file keeps its mode");
+}
+
 #[test]
 fn malformed_manifest() {
     let dir = tempfile::tempdir().unwrap();
