@@ -11,8 +11,23 @@ use ndarray::{Array3, ArrayView3};
 use crate::error::{Error, Result};
 use crate::pixels::{PixelLayout, SampleType};
 
+/// The most memory, in bytes, that decoding one image file may take: 4 GiB, far above what a restore needs
+/// in tiles, and enough for a 16000x12000 16-bit RGBA picture. `DPIR_IMAGE_LIMIT` (in MiB) sets another.
+pub const DEFAULT_IMAGE_LIMIT: u64 = 4 << 30;
+
+/// The decoder's memory limit: `DPIR_IMAGE_LIMIT` MiB, else [`DEFAULT_IMAGE_LIMIT`].
+pub fn image_limit() -> Result<u64> {
+    match std::env::var("DPIR_IMAGE_LIMIT") {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(mib) if mib > 0 => Ok(mib.saturating_mul(1 << 20)),
+            _ => Err(Error::InvalidOptions(format!("DPIR_IMAGE_LIMIT must be a number of MiB, got {text:?}"))),
+        },
+        Err(_) => Ok(DEFAULT_IMAGE_LIMIT),
+    }
+}
+
 /// Reads an image file (or a float32 `.npy` of shape (H, W, 3) in [0, 1]) into a packed buffer. Gray with alpha
-/// becomes RGBA.
+/// becomes RGBA. Decoding may take at most [`image_limit`] bytes.
 pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
     let fail = |message: String| Error::ImageFile { path: path.to_path_buf(), message };
     if extension(path) == "npy" {
@@ -24,9 +39,20 @@ pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
         let bytes = hwc.as_standard_layout().iter().flat_map(|v| v.to_ne_bytes()).collect();
         return Ok((PixelLayout::packed(w, h, 3, SampleType::F32), bytes));
     }
+    let limit = image_limit()?;
     let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    let decoded = reader.decode().map_err(|e| fail(format!("cannot decode: {e}")))?;
+    let mut reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(limit);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => Error::TooLarge(format!(
+            "{}: decoding it takes more than the image limit of {} MiB; set DPIR_IMAGE_LIMIT to more MiB to read it",
+            path.display(),
+            limit >> 20
+        )),
+        e => fail(format!("cannot decode: {e}")),
+    })?;
     let (width, height) = (decoded.width() as usize, decoded.height() as usize);
     let (bytes, channels, sample): (Vec<u8>, usize, SampleType) = match decoded {
         DynamicImage::ImageLuma8(b) => (b.into_raw(), 1, SampleType::U8),

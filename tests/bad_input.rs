@@ -193,6 +193,34 @@ fn a_bad_scale_is_an_invalid_option_everywhere() {
     }
 }
 
+/// A large but legitimate picture (16000x12000 RGB, 576 MB decoded, over the image crate's own 512 MiB default)
+/// is read; one over the image limit is refused with the limit and how to raise it, and nothing is written.
+#[test]
+fn large_images_are_read_within_a_settable_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("large.png");
+    let (width, height) = (16000u32, 12000u32);
+    let file = std::io::BufWriter::new(fs::File::create(&large).unwrap());
+    let encoder = image::codecs::png::PngEncoder::new_with_quality(
+        file,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    );
+    let black = vec![0u8; (width * height * 3) as usize];
+    image::ImageEncoder::write_image(encoder, &black, width, height, image::ExtendedColorType::Rgb8).unwrap();
+    drop(black);
+    let (layout, pixels) = dpir::imagefile::read(&large).unwrap();
+    assert_eq!((layout.width, layout.height, layout.channels, pixels.len()), (16000, 12000, 3, 576_000_000));
+    drop(pixels);
+
+    let out = dir.path().join("out.png");
+    let refused = run(cli().arg("restore").arg(&large).arg(&out).arg("--quiet").env("DPIR_IMAGE_LIMIT", "100"));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("image limit of 100 MiB") && stderr.contains("DPIR_IMAGE_LIMIT"), "{stderr}");
+    assert!(!out.exists());
+}
+
 /// A restored file gets the mode a plain write would leave: 0666 less the umask when new, its own when replaced.
 #[test]
 fn outputs_get_the_usual_file_mode() {
