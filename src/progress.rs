@@ -84,6 +84,12 @@ impl CancelToken {
         CancelToken::default()
     }
 
+    /// A token that is cancelled when `flag` is set, by this token or by anything else holding the flag (a
+    /// signal handler, for example).
+    pub fn from_flag(flag: Arc<AtomicBool>) -> CancelToken {
+        CancelToken(flag)
+    }
+
     /// Requests cancellation. Safe from any thread, any number of times.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);

@@ -2,17 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dpir::imagefile;
 use dpir::{
-    ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer,
+    CancelToken, ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer,
     RuntimeOptions, Stage, TileMode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Array4};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 #[derive(Parser)]
 #[command(name = "dpir", version, about = "Diffusion-based image restoration (DPIR) on ONNX Runtime")]
@@ -156,9 +158,60 @@ fn parse_gib(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
+        Err(error) => match error.downcast_ref::<Interrupted>() {
+            // As shells expect of a process a signal stopped: 128 + the signal's number.
+            Some(Interrupted(signal)) => {
+                eprintln!("{error}");
+                ExitCode::from(128 + *signal as u8)
+            }
+            None => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A restore stopped by SIGINT, SIGTERM or SIGHUP.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}: nothing was written", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// SIGINT, SIGTERM and SIGHUP stop a restore at its next model call, so that the output (and its temporary file)
+/// is never half written and an existing one stays as it was; a second signal ends the process at once.
+struct Interrupt {
+    flag: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+}
+
+impl Interrupt {
+    fn install() -> std::io::Result<Interrupt> {
+        let (flag, signal) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            // First the default action for a signal that finds the flag already set, then the flag.
+            signal_hook::flag::register_conditional_default(number, flag.clone())?;
+            signal_hook::flag::register_usize(number, signal.clone(), number as usize)?;
+            signal_hook::flag::register(number, flag.clone())?;
+        }
+        Ok(Interrupt { flag, signal })
+    }
+
+    fn token(&self) -> CancelToken {
+        CancelToken::from_flag(self.flag.clone())
+    }
+
+    /// The signal received, as an error to stop with.
+    fn check(&self) -> Result<(), Interrupted> {
+        match self.flag.load(Ordering::SeqCst) {
+            true => Err(Interrupted(self.signal.load(Ordering::SeqCst) as i32)),
+            false => Ok(()),
         }
     }
 }
@@ -239,6 +292,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tile_batch,
             quiet,
         } => {
+            let interrupt = Interrupt::install()?;
             let (layout, pixels) = imagefile::read(&input)?;
             let auto = model.ep == ExecutionProvider::Auto;
             let started = Instant::now();
@@ -283,6 +337,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ),
             };
             options.progress = (!quiet).then(|| progress_bar(bar.clone()));
+            options.cancel = Some(interrupt.token());
             let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
             let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
             let mut restored = vec![0u8; out_layout.validate()?];
@@ -292,6 +347,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 &options,
             );
             bar.finish_and_clear();
+            interrupt.check()?;
             let stats = stats?;
             if let Some(path) = save_noise {
                 let noise = restorer.starting_noise(layout.width, layout.height, &options)?;
@@ -299,6 +355,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ndarray_npy::WriteNpyExt::write_npy(&noise, &mut bytes)?;
                 imagefile::write_atomically(&path, &bytes)?;
             }
+            interrupt.check()?; // a signal during the noise file: the output is not written
             imagefile::write(&output, &out_layout, &restored)?;
             if !quiet {
                 eprintln!(
