@@ -530,6 +530,8 @@ pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result
         Error::InvalidOptions(format!("prompt {name:?} is not in the bundle (it has \"zeros\" and {known:?})"))
     })?;
     let path: PathBuf = dir.join(relative);
+    crate::npy::checked_shape(&path)
+        .map_err(|why| Error::bundle(&path, format!("cannot read prompt embedding: {why}")))?;
     let array: Array2<f32> =
         ndarray_npy::read_npy(&path).map_err(|e| Error::bundle(&path, format!("cannot read prompt embedding: {e}")))?;
     if array.dim() != shape {

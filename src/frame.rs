@@ -8,7 +8,7 @@ use ndarray::Array4;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::options::{RestoreOptions, Settings};
-use crate::pixels::{PixelLayout, Pixels, PixelsMut};
+use crate::pixels::{zeroed, PixelLayout, Pixels, PixelsMut};
 use crate::plan::{check_region, Plan, Rect};
 use crate::progress::{Call, Control, Progress, Stage, Stats};
 use crate::prompt::FramePrompt;
@@ -42,7 +42,7 @@ impl Frame {
         call: &Call,
     ) -> Result<Frame> {
         let frame_out = model.output_size(frame_in.0, frame_in.1, settings.scale)?;
-        let plan = Plan::new(model.manifest(), frame_out, &settings);
+        let plan = Plan::new(model.manifest(), frame_out, &settings)?;
         let text = model.text_block(options.prompt.as_deref(), options.prompt_text.as_deref(), call)?;
         call.report(Progress::per_tile(Stage::Prompt, 0, settings.steps, 1, plan.tiles.len()))?;
         let prompt = FramePrompt::new(model, context, is_frame, text, &settings, call)?;
@@ -96,7 +96,7 @@ impl Frame {
         // Rows are finished tile by tile; they land in a scratch copy so that an error or a cancel leaves the
         // caller's buffer as it was.
         let staged_layout = PixelLayout { stride: layout.row_bytes().expect("validated") as isize, ..*layout };
-        let mut staged = vec![0u8; staged_layout.validate()?];
+        let mut staged = zeroed(staged_layout.validate()?)?;
         self.render(&source, rect, &mut PixelsMut::new(staged_layout, &mut staged)?, call)?;
         dest.copy_rows_from(&staged);
         Ok(())

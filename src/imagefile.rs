@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder};
 use image::{DynamicImage, ExtendedColorType, ImageEncoder};
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array3, Array4, ArrayView3};
 
 use crate::error::{Error, Result};
 use crate::pixels::{PixelLayout, SampleType};
@@ -31,6 +31,7 @@ pub fn image_limit() -> Result<u64> {
 pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
     let fail = |message: String| Error::ImageFile { path: path.to_path_buf(), message };
     if extension(path) == "npy" {
+        crate::npy::checked_shape(path).map_err(|why| fail(format!("cannot read .npy: {why}")))?;
         let hwc: Array3<f32> = ndarray_npy::read_npy(path).map_err(|e| fail(format!("cannot read .npy: {e}")))?;
         let (h, w, c) = hwc.dim();
         if c != 3 || h == 0 || w == 0 {
@@ -40,8 +41,13 @@ pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
         return Ok((PixelLayout::packed(w, h, 3, SampleType::F32), bytes));
     }
     let limit = image_limit()?;
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let file = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(&file)).with_guessed_format().map_err(|e| Error::io(path, e))?;
+    // The JPEG decoder fills what a truncated file lacks with grey rows instead of failing.
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&file) {
+        return Err(fail("the JPEG data ends before the image does (a truncated or damaged file)".into()));
+    }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(limit);
     reader.limits(limits);
@@ -74,6 +80,14 @@ pub fn read(path: &Path) -> Result<(PixelLayout, Vec<u8>)> {
         other => return Err(fail(format!("unsupported pixel format {:?}", other.color()))),
     };
     Ok((PixelLayout::packed(width, height, channels, sample), bytes))
+}
+
+/// Reads a starting noise (1, C, h, w) as `--save-noise` writes it (float32 `.npy`), checking that the shape its
+/// header declares fits in the file before reading it.
+pub fn read_noise(path: &Path) -> Result<Array4<f32>> {
+    let fail = |message: String| Error::ImageFile { path: path.to_path_buf(), message };
+    crate::npy::checked_shape(path).map_err(|why| fail(format!("cannot read the noise: {why}")))?;
+    ndarray_npy::read_npy(path).map_err(|e| fail(format!("cannot read the noise: {e}")))
 }
 
 /// The packed layout `path`'s format stores a `width x height` result of an `input` in: PNG and TIFF keep the
@@ -157,6 +171,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     file.as_file().sync_all().map_err(|e| Error::io(file.path(), e))?;
     file.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Whether a JPEG's last scan is followed by the end-of-image marker: a file cut short is not. (An embedded
+/// thumbnail's own end marker comes before the main image's scans, and entropy-coded data never holds FF D9.)
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|pair| pair == [0xFF, marker]);
+    matches!((last(0xDA), last(0xD9)), (Some(scan), Some(end)) if end > scan)
 }
 
 fn extension(path: &Path) -> String {

@@ -26,6 +26,7 @@ mod frame;
 pub mod imagefile;
 mod model;
 mod noise;
+mod npy;
 mod options;
 pub mod pixels;
 pub mod plan;

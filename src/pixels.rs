@@ -145,6 +145,16 @@ impl PixelLayout {
     }
 }
 
+/// A zeroed buffer of `len` bytes, or a "too large" error when the memory cannot be had (never an abort).
+pub fn zeroed(len: usize) -> Result<Vec<u8>> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|_| {
+        Error::TooLarge(format!("cannot have {} MB of memory for a pixel buffer", len.div_ceil(1 << 20)))
+    })?;
+    buffer.resize(len, 0);
+    Ok(buffer)
+}
+
 /// An image in the pipeline's terms: (3, H, W) sRGB-encoded RGB in [0, 1], and straight alpha when the source
 /// had it (carried through untouched, never restored).
 #[derive(Debug, Clone, PartialEq)]

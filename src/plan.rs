@@ -68,6 +68,10 @@ pub fn gaussian_weights(length: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The most sampling tiles one frame may have: 1024 x 1024, far beyond any useful tiling (the default tiles of
+/// a 65536 x 65536 frame make about 5300), and a plan of about 100 MB.
+pub(crate) const MAX_TILES: usize = 1 << 20;
+
 /// One sampling tile.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tile {
@@ -97,12 +101,20 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// The tiles of an output frame of `frame` (width, height) pixels.
-    pub(crate) fn new(manifest: &Manifest, frame: (usize, usize), settings: &Settings) -> Plan {
+    /// The tiles of an output frame of `frame` (width, height) pixels; too many of them (tiny tiles over a huge
+    /// frame) are refused before any is listed.
+    pub(crate) fn new(manifest: &Manifest, frame: (usize, usize), settings: &Settings) -> Result<Plan> {
         let patch = manifest.transformer.patch_size;
         let latent = manifest.latent_size(frame.0, frame.1);
         let xs = axis_tiles(latent.0, settings.tile, settings.overlap, patch);
         let ys = axis_tiles(latent.1, settings.tile, settings.overlap, patch);
+        let count = xs.len().saturating_mul(ys.len());
+        if count > MAX_TILES {
+            return Err(Error::TooLarge(format!(
+                "a {}x{} frame in tiles of {} latent samples makes {count} tiles, more than {MAX_TILES}; use larger tiles",
+                frame.0, frame.1, settings.tile
+            )));
+        }
         let downscale = manifest.latent.downscale;
         let frame_rect = Rect::new(0, 0, frame.0, frame.1);
         let mut tiles = Vec::with_capacity(xs.len() * ys.len());
@@ -113,7 +125,7 @@ impl Plan {
                 tiles.push(Tile { latent, pixels, visible: pixels.intersect(&frame_rect), row, col });
             }
         }
-        Plan { frame, latent, downscale, xs, ys, tiles }
+        Ok(Plan { frame, latent, downscale, xs, ys, tiles })
     }
 
     /// The output frame as a rectangle.

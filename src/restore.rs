@@ -233,14 +233,14 @@ impl Restorer {
     pub fn region_of_interest(&self, frame: (usize, usize), rect: Rect, options: &RestoreOptions) -> Result<Rect> {
         let settings = Settings::resolve(&self.model, options)?;
         let out = self.output_size(frame.0, frame.1, settings.scale)?;
-        crate::tiled::region_of_interest(&Plan::new(self.manifest(), out, &settings), frame, rect, &settings)
+        crate::tiled::region_of_interest(&Plan::new(self.manifest(), out, &settings)?, frame, rect, &settings)
     }
 
     /// What restoring a `width x height` image with these options needs.
     pub fn requirements(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Requirements> {
         let settings = Settings::resolve(&self.model, options)?;
         let output_size = self.output_size(width, height, settings.scale)?;
-        let plan = Plan::new(self.manifest(), output_size, &settings);
+        let plan = Plan::new(self.manifest(), output_size, &settings)?;
         Ok(Requirements {
             pixel_multiple: self.manifest().pixel_multiple(),
             max_pass_size: self.manifest().max_pass_size(),

@@ -331,7 +331,7 @@ mod tests {
         let control = Control::new();
         let call = Call::new(&control);
         let source = FrameSource::new(SourceData::Image(&image), (0, 0), (w, h), (w, h));
-        let plan = Plan::new(tiny.manifest(), (w, h), &settings);
+        let plan = Plan::new(tiny.manifest(), (w, h), &settings).unwrap();
         assert!(plan.tiles.len() > 4);
 
         let whole = tiny.encode(image.rgb().view(), (0, 0), None, &call).unwrap();

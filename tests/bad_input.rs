@@ -260,6 +260,68 @@ fn an_interrupted_restore_writes_nothing_and_exits_with_the_signal() {
     }
 }
 
+/// A `.npy` file declaring `shape` (float32) in a few bytes.
+fn npy_bomb(path: &Path, shape: &str) {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 64]);
+    fs::write(path, bytes).unwrap();
+}
+
+/// Sizes a file declares are checked against the bytes it holds, and sizes a caller asks for against bounds,
+/// before anything is allocated: each is a clear error from a CLI whose address space is limited to 4 GiB (a
+/// regression would abort it), never an abort, and nothing is written.
+#[test]
+fn allocation_bombs_are_errors() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = good_png(dir.path());
+    let image_bomb = dir.path().join("bomb.npy");
+    npy_bomb(&image_bomb, "(100000, 100000, 3)");
+    let noise_bomb = dir.path().join("noise.npy");
+    npy_bomb(&noise_bomb, "(1, 16, 1000000, 1000000)");
+    let bundle_bomb = oracle_copy(dir.path());
+    npy_bomb(&bundle_bomb.join("prompts/quality.npy"), "(100000000, 1000)");
+    let truncated = dir.path().join("truncated.jpg");
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+        .encode(&[128u8; 64 * 64 * 3], 64, 64, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    fs::write(&truncated, &jpeg[..jpeg.len() / 2]).unwrap();
+    let output = dir.path().join("out.png");
+    let cases: [(&Path, &[&str], &str); 5] = [
+        (&image_bomb, &[], "more than the 64 bytes of data it holds"),
+        (&input, &["--noise", noise_bomb.to_str().unwrap()], "cannot read the noise"),
+        (&input, &["--model", bundle_bomb.to_str().unwrap(), "--prompt", "quality"], "prompt embedding"),
+        (&truncated, &[], "JPEG data ends before the image does"),
+        // 56000x40000 RGB is 6.7 GB: more than the address space, so the output buffer cannot be had.
+        (&input, &["--scale", "2000"], "cannot have 6409 MB of memory"),
+    ];
+    for (input, extra, says) in cases {
+        let mut command = cli();
+        command.arg("restore").arg(input).arg(&output).args(["--quiet", "--steps", "1"]).args(extra);
+        // SAFETY: setrlimit is async-signal-safe, so it may run between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+                libc::setrlimit(libc::RLIMIT_AS, &limit);
+                Ok(())
+            });
+        }
+        let out = run(&mut command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(!output.exists());
+    }
+    // The same bounds through the library: a 65536x65536 frame in 2-latent tiles is an answer, not an abort.
+    let error =
+        restorer("oracle").requirements(65536, 65536, &RestoreOptions::new().tile_size(2).tile_overlap(0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TooLarge, "{error}");
+}
+
 /// A restored file gets the mode a plain write would leave: 0666 less the umask when new, its own when replaced.
 #[test]
 fn outputs_get_the_usual_file_mode() {

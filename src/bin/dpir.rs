@@ -13,7 +13,7 @@ use dpir::{
     RuntimeOptions, Stage, TileMode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array3, Array4};
+use ndarray::Array3;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 #[derive(Parser)]
@@ -306,12 +306,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     restorer.execution_provider()
                 );
             }
-            let noise = match noise {
-                Some(path) => Some(
-                    ndarray_npy::read_npy::<_, Array4<f32>>(&path).map_err(|e| format!("{}: {e}", path.display()))?,
-                ),
-                None => None,
-            };
+            let noise = noise.map(|path| imagefile::read_noise(&path)).transpose()?;
             let mut options = RestoreOptions::new().scale(scale).sample_posterior(sample_posterior);
             options.tile_mode = match tile_mode {
                 TileModeArg::Independent => TileMode::Independent,
@@ -340,7 +335,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             options.cancel = Some(interrupt.token());
             let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
             let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
-            let mut restored = vec![0u8; out_layout.validate()?];
+            let mut restored = dpir::pixels::zeroed(out_layout.validate()?)?;
             let stats = restorer.restore_pixels(
                 &Pixels::new(layout, &pixels)?,
                 &mut PixelsMut::new(out_layout, &mut restored)?,

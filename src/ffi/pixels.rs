@@ -397,7 +397,7 @@ pub unsafe extern "C" fn dpir_image_write(pixels: *const dpir_pixels, path: *con
         // SAFETY: validated; the caller promised readable memory.
         let (rgb, alpha) = unsafe { described.pixels()? }.read(Rect::new(0, 0, layout.width, layout.height))?;
         let stored = imagefile::output_layout(path, &layout, layout.width, layout.height)?;
-        let mut bytes = vec![0u8; stored.validate()?];
+        let mut bytes = crate::pixels::zeroed(stored.validate()?)?;
         PixelsMut::new(stored, &mut bytes)?.write((0, 0), rgb.view(), alpha.as_ref().map(|a| a.view()));
         imagefile::write(path, &stored, &bytes)?;
         Ok(())
