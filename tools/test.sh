@@ -56,8 +56,11 @@ export LD_LIBRARY_PATH=$PWD/$capi/install/lib
 echo "== C ABI: C test program (every function, status and bad descriptor; 4 threads; cancel from a thread)"
 "$capi/bin/test_capi" tests/fixtures/bundles "$cabi_scratch"
 
-echo "== C ABI: C++ wrapper test"
+echo "== C ABI: C++ wrapper test, also under UndefinedBehaviorSanitizer (signed overflow in row sizes, ...)"
 "$capi/bin/test_cpp" tests/fixtures/bundles "$cabi_scratch"
+c++ -std=c++17 $strict -O1 -g -fsanitize=undefined -fno-sanitize-recover=all tests/c/test_cpp.cpp \
+    -o "$capi/bin/test_cpp_ubsan" $(pkg-config --cflags --libs dpir)
+"$capi/bin/test_cpp_ubsan" tests/fixtures/bundles "$cabi_scratch" | tail -n 1
 
 echo "== C ABI: the C and C++ examples restore a PNG with the oracle bundle, identically"
 oracle=tests/fixtures/bundles/oracle

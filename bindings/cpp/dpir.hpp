@@ -81,19 +81,30 @@ struct Free {
 };
 }  // namespace detail
 
-/** A descriptor of a caller-owned interleaved buffer; `stride` 0 means tightly packed rows. */
+/**
+ * A descriptor of a caller-owned interleaved buffer; `stride` 0 means tightly packed rows. Checked as a restore
+ * would check it (dpir::Error with DPIR_STATUS_INVALID_IMAGE otherwise), so an absurd size never reaches
+ * arithmetic that could overflow.
+ */
 inline dpir_pixels pixels(void *data, uint32_t width, uint32_t height, uint32_t channels, dpir_sample_type sample,
                           std::ptrdiff_t stride = 0) {
-    static const std::ptrdiff_t sample_bytes[] = {1, 2, 2, 4};
-    const std::ptrdiff_t row = static_cast<std::ptrdiff_t>(width) * channels * sample_bytes[sample & 3];
     dpir_pixels p;
     check(dpir_pixels_init(&p, sizeof p));
     p.width = width;
     p.height = height;
     p.channels = channels;
     p.sample = sample;
-    p.stride = stride != 0 ? stride : row;
     p.data = data;
+    // A tight row, for the library to check first: widths and channels beyond its bounds are refused there, and
+    // within them a row is at most 65536 * 4 * 4 bytes.
+    const bool known = sample <= DPIR_SAMPLE_TYPE_F32 && channels <= 4 && width <= 65536;
+    static const std::ptrdiff_t sample_bytes[] = {1, 2, 2, 4};
+    p.stride = known ? static_cast<std::ptrdiff_t>(width) * channels * sample_bytes[sample] : 1;
+    check(dpir_pixels_validate(&p, nullptr));
+    if (stride != 0) {
+        p.stride = stride;
+        check(dpir_pixels_validate(&p, nullptr));
+    }
     return p;
 }
 

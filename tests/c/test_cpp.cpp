@@ -48,6 +48,14 @@ int main(int argc, char **argv) {
     expect_error(DPIR_STATUS_BUNDLE, [&] { dpir::Restorer missing(scratch + "/no such bundle"); }, __LINE__);
     expect_error(DPIR_STATUS_IO, [&] { dpir::Image::read(scratch + "/missing.png"); }, __LINE__);
     expect_error(DPIR_STATUS_INVALID_IMAGE, [] { dpir::Image blank(4, 4, 2, DPIR_SAMPLE_TYPE_U8); }, __LINE__);
+    // Absurd sizes are refused before any arithmetic on them (UBSan watches this test for overflow).
+    unsigned char byte = 0;
+    expect_error(DPIR_STATUS_INVALID_IMAGE,
+                 [&] { dpir::pixels(&byte, 0xFFFFFFFFu, 1, 0xFFFFFFFFu, DPIR_SAMPLE_TYPE_F32); }, __LINE__);
+    expect_error(DPIR_STATUS_INVALID_IMAGE, [&] { dpir::pixels(&byte, 70000, 70000, 4, DPIR_SAMPLE_TYPE_F32); },
+                 __LINE__);
+    expect_error(DPIR_STATUS_INVALID_IMAGE, [&] { dpir::pixels(&byte, 8, 8, 3, dpir_sample_type(7)); }, __LINE__);
+    expect_error(DPIR_STATUS_INVALID_IMAGE, [&] { dpir::pixels(&byte, 8, 8, 3, DPIR_SAMPLE_TYPE_U8, 5); }, __LINE__);
 
     dpir::LoadOptions load;
     load.threads = 1;
