@@ -32,6 +32,28 @@ fn explicit_missing_library() {
     assert!(stderr.contains("/nonexistent/libonnxruntime.so") && stderr.contains("no such file"), "{stderr}");
 }
 
+/// A named library that is not a regular file says what it is, not "no such file" (and a FIFO is not opened).
+#[test]
+fn a_library_path_that_is_no_file_says_what_it_is() {
+    let dir = scratch();
+    let fifo = dir.path().join("fifo");
+    let made = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(made.as_ptr(), 0o600) }, 0);
+    let empty = dir.path().join("libonnxruntime.so");
+    std::fs::write(&empty, b"").unwrap();
+    for (path, says) in [
+        (dir.path(), "a directory"),
+        (Path::new("/dev/zero"), "a device"),
+        (fifo.as_path(), "a FIFO"),
+        (empty.as_path(), "an empty file"),
+    ] {
+        let (ok, stderr) = restore_with(&[], &[("DPIR_ORT_LIB", path.to_str().unwrap())]);
+        assert!(!ok);
+        assert!(stderr.contains(&format!("it is {says}, not a library file")), "{stderr}");
+    }
+}
+
 #[test]
 fn environment_variable_is_honoured_before_the_default_locations() {
     let (ok, stderr) = restore_with(&[], &[("DPIR_ORT_LIB", "/nonexistent/from-env.so")]);

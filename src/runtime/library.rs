@@ -58,8 +58,8 @@ pub(crate) fn environment() -> &'static ort::environment::Environment {
 }
 
 fn load(path: &Path) -> Result<ort::environment::Environment> {
-    if !path.is_file() {
-        return Err(Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason: "no such file".into() });
+    if let Some(reason) = not_a_library_file(path) {
+        return Err(Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason });
     }
     let builder = ort::init_from(path)
         .map_err(|e| Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason: describe_load_error(&e) })?;
@@ -68,6 +68,32 @@ fn load(path: &Path) -> Result<ort::environment::Environment> {
         .with_telemetry(false)
         .build()
         .map_err(|e| Error::OnnxRuntimeLoad { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Why `path` cannot be a library file, named as it is: missing, unreadable, a directory, a FIFO, a device, or
+/// empty. `None` for a non-empty regular file (links followed), which dlopen then judges.
+fn not_a_library_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("no such file".into()),
+        Err(e) => return Some(format!("cannot be read: {e}")),
+    };
+    let kind = metadata.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if metadata.len() == 0 {
+        "an empty file"
+    } else {
+        return None;
+    };
+    Some(format!("it is {what}, not a library file"))
 }
 
 /// The dlopen reason hides in the inner error's source; bring it to the surface.
