@@ -33,6 +33,9 @@ pub fn default_model_dir() -> Option<PathBuf> {
 /// field sees real neighbours instead of padding. A multiple of every patch size in use.
 pub(crate) const VAE_MARGIN: usize = 8;
 
+/// The largest size field a manifest may hold (token counts, widths, patch and tile sizes).
+const MAX_MANIFEST_SIZE: usize = 1 << 16;
+
 /// Denoising steps a restore may take, from the options or the manifest's default.
 pub(crate) const STEPS: std::ops::RangeInclusive<usize> = 1..=1000;
 
@@ -287,6 +290,20 @@ impl Manifest {
         for (field, value) in positive {
             if value == 0 {
                 return Err(bad(field, "must be at least 1".into()));
+            }
+            // Every buffer the runtime sizes from the manifest stays sane: the real model's largest value here is
+            // 4096 (its context width), and a manifest cannot make dpir allocate terabytes.
+            if value > MAX_MANIFEST_SIZE {
+                return Err(bad(field, format!("must be at most {MAX_MANIFEST_SIZE}, found {value}")));
+            }
+        }
+        for (field, value) in [
+            ("clip.global_overlap", self.clip.global_overlap),
+            ("defaults.latent_tile", self.defaults.latent_tile),
+            ("defaults.latent_overlap", self.defaults.latent_overlap),
+        ] {
+            if value > MAX_MANIFEST_SIZE {
+                return Err(bad(field, format!("must be at most {MAX_MANIFEST_SIZE}, found {value}")));
             }
         }
         // The defaults must be values the options would accept, or every restore that leaves them unset would fail

@@ -135,8 +135,9 @@ fn manifest_that_disagrees_with_its_graphs() {
     assert!(stderr.contains("expected 8, found 12"), "{stderr}");
 }
 
-/// A manifest's defaults are checked at load against the options' ranges: a bad one is the bundle's error, naming
-/// dpir.json and the field, not an options error blamed on every caller that leaves the option unset.
+/// A manifest's defaults are checked at load against the options' ranges, and its sizes against a bound: a bad one
+/// is the bundle's error, naming dpir.json and the field, not an options error blamed on every caller that leaves
+/// the option unset, nor an allocation that takes the process down.
 #[test]
 fn bundle_defaults_out_of_range_are_the_bundles_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +149,9 @@ fn bundle_defaults_out_of_range_are_the_bundles_error() {
         ("defaults", "guidance", serde_json::json!(0.5)),
         ("defaults", "latent_tile", serde_json::json!(1)),
         ("defaults", "latent_overlap", serde_json::json!(4096)),
+        // Sizes that would make every restore allocate terabytes.
+        ("text", "tokens", serde_json::json!(1_000_000_000_000u64)),
+        ("transformer", "context_width", serde_json::json!(1u64 << 40)),
     ] {
         let mut json = manifest.clone();
         json[section][field] = value;
