@@ -132,7 +132,7 @@ impl Model {
         }
     }
 
-    /// Each graph's file name with its declared inputs and outputs, and its runs since loading.
+    /// Each loaded graph with its file name, the optional text encoder last.
     pub(crate) fn graphs(&self) -> Vec<(&'static str, &Graph)> {
         let graphs = Role::ALL.iter().map(|&role| (role.file_name(), self.graph(role)));
         graphs.chain(self.text_encoder.as_ref().map(|t| (bundle::TEXT_ENCODER_FILE, &t.graph))).collect()

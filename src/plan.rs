@@ -56,6 +56,12 @@ pub fn blend_weights(tiles: &[(usize, usize)], index: usize) -> Vec<f32> {
     weights
 }
 
+/// [`blend_weights`] over the pixels of tile `index` of an axis given in latent samples of `downscale` pixels.
+pub(crate) fn pixel_blend_weights(axis: &[(usize, usize)], index: usize, downscale: usize) -> Vec<f32> {
+    let pixels: Vec<(usize, usize)> = axis.iter().map(|&(s, l)| (s * downscale, l * downscale)).collect();
+    blend_weights(&pixels, index)
+}
+
 /// The official tiled sampler's Gaussian weight along one axis of a tile of `length` (variance 0.01).
 pub fn gaussian_weights(length: usize) -> Vec<f32> {
     const VARIANCE: f64 = 0.01;
@@ -169,10 +175,8 @@ impl Plan {
 
     /// A tile's blend weights over its pixels (rows, columns): a partition of unity with the grid's other tiles.
     pub(crate) fn weights(&self, tile: &Tile) -> (Vec<f32>, Vec<f32>) {
-        let pixels = |axis: &[(usize, usize)]| -> Vec<(usize, usize)> {
-            axis.iter().map(|&(s, l)| (s * self.downscale, l * self.downscale)).collect()
-        };
-        (blend_weights(&pixels(&self.ys), tile.row), blend_weights(&pixels(&self.xs), tile.col))
+        let d = self.downscale;
+        (pixel_blend_weights(&self.ys, tile.row, d), pixel_blend_weights(&self.xs, tile.col, d))
     }
 
     /// Rough peak working memory of a render beyond the caller's buffers, in bytes.

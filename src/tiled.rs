@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{Conditioning, Model};
 use crate::noise::{latent_noise, Stream};
 use crate::options::{Settings, TileMode};
-use crate::plan::{blend_weights, check_region, grow_within, relative, Plan, Rect, Tile};
+use crate::plan::{blend_weights, check_region, grow_within, pixel_blend_weights, relative, Plan, Rect, Tile};
 use crate::progress::{Call, Progress, Stage};
 use crate::prompt::FramePrompt;
 use crate::sample;
@@ -192,10 +192,6 @@ impl Render<'_> {
         let z = sample::joint(self.model, noise, &z_lq, &windows, &conditions, self.settings, self.call, report)?;
 
         // Decode the wanted tiles with margins inside the block, then blend over the overlaps.
-        let pixel_axis = |axis: &[(usize, usize)]| -> Vec<(usize, usize)> {
-            axis.iter().map(|&(s, l)| (s * self.plan.downscale, l * self.plan.downscale)).collect()
-        };
-        let (row_px, col_px) = (pixel_axis(&rows), pixel_axis(&cols));
         for (index, tile) in block.iter().enumerate() {
             if !wanted.iter().any(|w| w.latent == tile.latent) {
                 continue;
@@ -209,7 +205,9 @@ impl Render<'_> {
             let (lq, _) = self.source.read(visible)?;
             let fixed = self.finish(&z_tile, grown, visible, lq.view())?;
             let restored = fixed.slice(window(relative(tile.visible, visible))).to_owned();
-            let weights = (blend_weights(&row_px, tile.row - row0), blend_weights(&col_px, tile.col - col0));
+            let d = self.plan.downscale;
+            let weights =
+                (pixel_blend_weights(&rows, tile.row - row0, d), pixel_blend_weights(&cols, tile.col - col0, d));
             band.add(tile.visible, &restored, &weights);
             self.call.tile_done();
         }

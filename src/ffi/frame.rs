@@ -83,11 +83,8 @@ pub unsafe extern "C" fn dpir_frame_region_of_interest(
             return Err(Failure::argument("roi is NULL"));
         }
         let area = handle.frame.region_of_interest((*rect).into())?;
-        // Inside the frame, whose sides fit u32.
-        let value =
-            dpir_rect { x: area.x as u32, y: area.y as u32, width: area.width as u32, height: area.height as u32 };
         // SAFETY: non-NULL and writable by the caller's contract.
-        unsafe { put(roi, value, "roi") }
+        unsafe { put(roi, area.into(), "roi") }
     })
 }
 

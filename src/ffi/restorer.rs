@@ -236,6 +236,13 @@ pub struct dpir_rect {
     pub height: u32,
 }
 
+/// A rectangle inside a frame, whose sides fit `u32` (they are at most 65536).
+impl From<Rect> for dpir_rect {
+    fn from(rect: Rect) -> dpir_rect {
+        dpir_rect { x: rect.x as u32, y: rect.y as u32, width: rect.width as u32, height: rect.height as u32 }
+    }
+}
+
 impl From<dpir_rect> for Rect {
     fn from(rect: dpir_rect) -> Rect {
         Rect::new(rect.x as usize, rect.y as usize, rect.width as usize, rect.height as usize)
@@ -368,11 +375,8 @@ pub unsafe extern "C" fn dpir_region_of_interest(
         }
         let frame = (frame_width as usize, frame_height as usize);
         let area = handle.restorer.region_of_interest(frame, (*rect).into(), &options)?;
-        // Inside the frame, whose sides fit u32.
-        let value =
-            dpir_rect { x: area.x as u32, y: area.y as u32, width: area.width as u32, height: area.height as u32 };
         // SAFETY: non-NULL and writable by the caller's contract.
-        unsafe { put(roi, value, "roi") }
+        unsafe { put(roi, area.into(), "roi") }
     })
 }
 
