@@ -41,8 +41,7 @@ impl Frame {
         options: &RestoreOptions,
         call: &Call,
     ) -> Result<Frame> {
-        let frame_out = model.output_size(frame_in.0, frame_in.1, settings.scale)?;
-        let plan = Plan::new(model.manifest(), frame_out, &settings)?;
+        let plan = Plan::new(model.manifest(), settings.output, &settings)?;
         let text = model.text_block(options.prompt.as_deref(), options.prompt_text.as_deref(), call)?;
         call.report(Progress::per_tile(Stage::Prompt, 0, settings.steps, 1, plan.tiles.len()))?;
         let prompt = FramePrompt::new(model, context, is_frame, text, &settings, call)?;

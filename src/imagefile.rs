@@ -9,7 +9,7 @@ use image::{DynamicImage, ExtendedColorType, ImageEncoder};
 use ndarray::{Array3, Array4, ArrayView3};
 
 use crate::error::{Error, Result};
-use crate::pixels::{PixelLayout, SampleType};
+use crate::pixels::{PixelLayout, Pixels, PixelsMut, SampleType};
 
 /// The most memory, in bytes, that decoding one image file may take: 4 GiB, far above what a restore needs
 /// in tiles, and enough for a 16000x12000 16-bit RGBA picture. `DPIR_IMAGE_LIMIT` (in MiB) sets another.
@@ -107,6 +107,16 @@ pub fn output_layout(path: &Path, input: &PixelLayout, width: usize, height: usi
         }
     };
     Ok(PixelLayout::packed(width, height, channels, sample))
+}
+
+/// Writes pixels of any layout as `path`'s format stores them ([`output_layout`]), converted a band of rows at a
+/// time: only the stored bytes are image-sized. The file appears whole or not at all, as with [`write`].
+pub fn write_pixels(path: &Path, pixels: &Pixels<'_>) -> Result<()> {
+    let layout = pixels.layout();
+    let stored = output_layout(path, layout, layout.width, layout.height)?;
+    let mut bytes = crate::pixels::zeroed(stored.validate()?)?;
+    PixelsMut::new(stored, &mut bytes)?.convert_from(pixels)?;
+    write(path, &stored, &bytes)
 }
 
 /// Writes a packed buffer in [`output_layout`]'s layout for `path`. The file appears whole or not at all: it is

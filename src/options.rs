@@ -7,6 +7,7 @@ use ndarray::Array4;
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, VAE_MARGIN};
 use crate::error::{Error, Result};
 use crate::model::{check_scale, Model};
+use crate::pixels::MAX_SIDE;
 use crate::progress::{CancelToken, Control, Progress, ProgressFn};
 use crate::runtime::ExecutionProvider;
 
@@ -165,6 +166,8 @@ impl std::fmt::Debug for RestoreOptions {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub scale: f32,
+    /// The output frame's (width, height): the input frame's times the scale.
+    pub output: (usize, usize),
     pub steps: usize,
     pub seed: u64,
     pub guidance: f32,
@@ -180,8 +183,9 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// Checks `options` against the model and fills in its defaults.
-    pub(crate) fn resolve(model: &Model, options: &RestoreOptions) -> Result<Settings> {
+    /// Checks `options` for a frame of `frame_in` (width, height) input pixels against the model, and fills in its
+    /// defaults. Every entry point starts here, so that an option is refused alike by all of them, before any work.
+    pub(crate) fn resolve(model: &Model, options: &RestoreOptions, frame_in: (usize, usize)) -> Result<Settings> {
         let m = model.manifest();
         let d = &m.defaults;
         let scale = options.scale.unwrap_or(1.0);
@@ -226,6 +230,22 @@ impl Settings {
             return Err(Error::InvalidOptions(format!("tile batch must be between 1 and 64, got {batch}")));
         }
         let context_margin = options.context_margin.unwrap_or(overlap * m.latent.downscale);
+        if context_margin > MAX_SIDE {
+            return Err(Error::InvalidOptions(format!(
+                "context margin must be at most {MAX_SIDE} pixels, got {context_margin}"
+            )));
+        }
+        let output = model.output_size(frame_in.0, frame_in.1, scale)?;
+        if let Some(noise) = &options.noise {
+            let (width, height) = m.latent_size(output.0, output.1);
+            let want = (1, m.latent.channels, height, width);
+            if noise.dim() != want {
+                return Err(Error::InvalidOptions(format!(
+                    "noise has shape {:?}; this image needs {want:?}",
+                    noise.dim()
+                )));
+            }
+        }
         if matches!(model.execution_provider(), ExecutionProvider::TensorRt { .. }) {
             tensorrt_fits(
                 m,
@@ -237,6 +257,7 @@ impl Settings {
         }
         Ok(Settings {
             scale,
+            output,
             steps,
             seed: options.seed.unwrap_or(d.seed),
             guidance,

@@ -2,7 +2,7 @@
 //! conversions from and to the interleaved buffers hosts hand over.
 
 use half::f16;
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+use ndarray::{Array, Array2, Array3, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
 
 use crate::rect::Rect;
 
@@ -147,12 +147,49 @@ impl PixelLayout {
 
 /// A zeroed buffer of `len` bytes, or a "too large" error when the memory cannot be had (never an abort).
 pub fn zeroed(len: usize) -> Result<Vec<u8>> {
-    let mut buffer = Vec::new();
-    buffer.try_reserve_exact(len).map_err(|_| {
-        Error::TooLarge(format!("cannot have {} MB of memory for a pixel buffer", len.div_ceil(1 << 20)))
-    })?;
-    buffer.resize(len, 0);
-    Ok(buffer)
+    zeros(len, "a pixel buffer")
+}
+
+/// Zeroed float planes of `shape`, or a "too large" error when the memory cannot be had (never an abort): every
+/// image-sized array of the pipeline comes from here, so that no size a caller chooses can end the process.
+pub(crate) fn zeroed_planes<D: Dimension>(shape: D) -> Result<Array<f32, D>> {
+    let data = zeros(shape.size_checked().unwrap_or(usize::MAX), "image planes")?;
+    Ok(Array::from_shape_vec(shape, data).expect("one value per position"))
+}
+
+/// Colour planes (3, h, w) of zeros; see [`zeroed_planes`].
+pub(crate) fn zeroed_rgb(height: usize, width: usize) -> Result<Array3<f32>> {
+    zeroed_planes(Ix3(3, height, width))
+}
+
+/// One plane (h, w) of zeros; see [`zeroed_planes`].
+pub(crate) fn zeroed_plane(height: usize, width: usize) -> Result<Array2<f32>> {
+    zeroed_planes(Ix2(height, width))
+}
+
+/// Number types whose all-zero bytes are the value 0.
+trait Zeroable: Copy {}
+impl Zeroable for u8 {}
+impl Zeroable for f32 {}
+
+/// `len` zeros, allocated fallibly. The memory comes zeroed from the system as it is touched, so a large buffer
+/// costs nothing until it is written.
+fn zeros<T: Zeroable>(len: usize, what: &str) -> Result<Vec<T>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let too_large = || {
+        let mb = len.saturating_mul(size_of::<T>()).div_ceil(1 << 20);
+        Error::TooLarge(format!("cannot have {mb} MB of memory for {what}"))
+    };
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| too_large())?;
+    // SAFETY: `layout` is not zero-sized (len > 0 and T is a number).
+    let data = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if data.is_null() {
+        return Err(too_large());
+    }
+    // SAFETY: allocated by the global allocator with T's layout for exactly `len` values, each a valid zero.
+    Ok(unsafe { Vec::from_raw_parts(data, len, len) })
 }
 
 /// An image in the pipeline's terms: (3, H, W) sRGB-encoded RGB in [0, 1], and straight alpha when the source
@@ -258,8 +295,8 @@ impl<'a> Pixels<'a> {
         let layout = &self.layout;
         assert!(Rect::new(0, 0, layout.width, layout.height).contains(&rect), "reads stay inside the buffer");
         let n = layout.channels;
-        let mut rgb = Array3::<f32>::zeros((3, rect.height, rect.width));
-        let mut alpha = (n == 4).then(|| Array2::<f32>::zeros((rect.height, rect.width)));
+        let mut rgb = zeroed_rgb(rect.height, rect.width)?;
+        let mut alpha = if n == 4 { Some(zeroed_plane(rect.height, rect.width)?) } else { None };
         let mut px = [0f32; 4];
         for y in 0..rect.height {
             let row = &self.data[layout.row_offset(rect.y + y)..];
@@ -347,6 +384,25 @@ impl<'a> PixelsMut<'a> {
 }
 
 impl PixelsMut<'_> {
+    /// Converts `source`, of this buffer's size, into this buffer's format a band of rows at a time, so that no
+    /// image-sized planes are needed. A non-finite source sample is an error, with this buffer partly written.
+    pub fn convert_from(&mut self, source: &Pixels<'_>) -> Result<()> {
+        let (width, height) = (self.layout.width, self.layout.height);
+        if (source.layout.width, source.layout.height) != (width, height) {
+            return Err(Error::InvalidImage(format!(
+                "cannot convert {}x{} pixels into a {width}x{height} buffer",
+                source.layout.width, source.layout.height
+            )));
+        }
+        // About a megapixel of planes per band.
+        let rows = ((1 << 20) / width).clamp(1, height);
+        for y in (0..height).step_by(rows) {
+            let (rgb, alpha) = source.read(Rect::new(0, y, width, rows.min(height - y)))?;
+            self.write((0, y), rgb.view(), alpha.as_ref().map(|a| a.view()));
+        }
+        Ok(())
+    }
+
     /// Copies tightly packed rows of this buffer's format (top row first) into it, honouring its stride.
     pub(crate) fn copy_rows_from(&mut self, packed: &[u8]) {
         let row = self.layout.row_bytes().expect("validated");

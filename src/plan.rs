@@ -210,8 +210,8 @@ pub(crate) fn check_region(rect: Rect, (width, height): (usize, usize)) -> Resul
 /// `rect` grown by `margin` on every side, clamped to `bounds`.
 pub(crate) fn grow_within(rect: Rect, margin: usize, bounds: Rect) -> Rect {
     let (x, y) = (rect.x.saturating_sub(margin).max(bounds.x), rect.y.saturating_sub(margin).max(bounds.y));
-    let right = (rect.right() + margin).min(bounds.right());
-    let bottom = (rect.bottom() + margin).min(bounds.bottom());
+    let right = rect.right().saturating_add(margin).min(bounds.right());
+    let bottom = rect.bottom().saturating_add(margin).min(bounds.bottom());
     Rect::new(x, y, right - x, bottom - y)
 }
 

@@ -132,11 +132,11 @@ impl Restorer {
     /// Restores a whole image of any size (tiled when it exceeds one tile), returning the result with the whole
     /// frame's starting noise and timings.
     pub fn restore_detailed(&self, image: &Image, options: &RestoreOptions) -> Result<Restoration> {
-        let settings = Settings::resolve(&self.model, options)?;
         let frame_in = (image.width(), image.height());
-        let (width, height) = self.output_size(frame_in.0, frame_in.1, settings.scale)?;
+        let settings = Settings::resolve(&self.model, options, frame_in)?;
+        let (width, height) = settings.output;
         let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
-        let mut sink = ImageSink::new(width, height, image.alpha().is_some());
+        let mut sink = ImageSink::new(width, height, image.alpha().is_some())?;
         let control = options.control();
         let call = Call::new(&control);
         let frame = Frame::prepare(&self.model, settings, frame_in, &source, true, options, &call)?;
@@ -152,8 +152,8 @@ impl Restorer {
     /// The starting noise a restore of a `width x height` input draws over the whole padded latent frame,
     /// (1, C, h, w): what `--save-noise` writes and [`RestoreOptions::noise`] accepts.
     pub fn starting_noise(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Array4<f32>> {
-        let settings = Settings::resolve(&self.model, options)?;
-        let (w, h) = self.output_size(width, height, settings.scale)?;
+        let settings = Settings::resolve(&self.model, options, (width, height))?;
+        let (w, h) = settings.output;
         let (lw, lh) = self.manifest().latent_size(w, h);
         Ok(latent_noise(settings.seed, Stream::Start, self.manifest().latent.channels, (0, 0), (lh, lw)))
     }
@@ -167,8 +167,9 @@ impl Restorer {
         options: &RestoreOptions,
     ) -> Result<Stats> {
         let layout = source.layout();
-        let (w, h) = self.output_size(layout.width, layout.height, options.scale.unwrap_or(1.0))?;
-        let region = Region::new(*source, (0, 0), (layout.width, layout.height), Rect::new(0, 0, w, h));
+        let frame = (layout.width, layout.height);
+        let (w, h) = Settings::resolve(&self.model, options, frame)?.output;
+        let region = Region::new(*source, (0, 0), frame, Rect::new(0, 0, w, h));
         self.restore_region(&region, dest, options)
     }
 
@@ -182,8 +183,8 @@ impl Restorer {
         dest: &mut PixelsMut<'_>,
         options: &RestoreOptions,
     ) -> Result<Stats> {
-        let settings = Settings::resolve(&self.model, options)?;
-        let (width, height) = self.output_size(region.frame.0, region.frame.1, settings.scale)?;
+        let settings = Settings::resolve(&self.model, options, region.frame)?;
+        let (width, height) = settings.output;
         check_region_call(region.frame, (width, height), &region.source, region.origin, region.rect, dest)?;
         let crop = region.source.layout();
         let whole_crop = (crop.width, crop.height) == region.frame;
@@ -206,7 +207,7 @@ impl Restorer {
     /// tiles it needs, and equals [`Restorer::restore_region`] with the same context bit for bit: a host that
     /// renders one frame as many tiles computes the global prompt (many CLIP passes on the real model) once.
     pub fn frame(&self, frame: (usize, usize), context: Pixels<'_>, options: &RestoreOptions) -> Result<Frame> {
-        let settings = Settings::resolve(&self.model, options)?;
+        let settings = Settings::resolve(&self.model, options, frame)?;
         let control = options.control();
         self.prepare(frame, context, settings, options, &Call::new(&control))
     }
@@ -231,15 +232,14 @@ impl Restorer {
     /// The input pixels (frame coordinates) a render of `rect` (output-frame pixels) reads, for a frame of
     /// `frame` (width, height) input pixels. Hosts that render in tiles ask for this much around each tile.
     pub fn region_of_interest(&self, frame: (usize, usize), rect: Rect, options: &RestoreOptions) -> Result<Rect> {
-        let settings = Settings::resolve(&self.model, options)?;
-        let out = self.output_size(frame.0, frame.1, settings.scale)?;
-        crate::tiled::region_of_interest(&Plan::new(self.manifest(), out, &settings)?, frame, rect, &settings)
+        let settings = Settings::resolve(&self.model, options, frame)?;
+        crate::tiled::region_of_interest(&Plan::new(self.manifest(), settings.output, &settings)?, frame, rect, &settings)
     }
 
     /// What restoring a `width x height` image with these options needs.
     pub fn requirements(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Requirements> {
-        let settings = Settings::resolve(&self.model, options)?;
-        let output_size = self.output_size(width, height, settings.scale)?;
+        let settings = Settings::resolve(&self.model, options, (width, height))?;
+        let output_size = settings.output;
         let plan = Plan::new(self.manifest(), output_size, &settings)?;
         Ok(Requirements {
             pixel_multiple: self.manifest().pixel_multiple(),

@@ -8,7 +8,7 @@
 use ndarray::{concatenate, s, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::error::{Error, Result};
-use crate::pixels::{Image, Pixels, PixelsMut};
+use crate::pixels::{zeroed_plane, zeroed_rgb, Image, Pixels, PixelsMut};
 use crate::rect::Rect;
 use crate::resample::{apply_columns, apply_rows, coefficients, Filter, Taps};
 
@@ -179,8 +179,10 @@ pub(crate) struct ImageSink {
 }
 
 impl ImageSink {
-    pub(crate) fn new(width: usize, height: usize, with_alpha: bool) -> ImageSink {
-        ImageSink { rgb: Array3::zeros((3, height, width)), alpha: with_alpha.then(|| Array2::zeros((height, width))) }
+    /// A sink for a `width x height` image, or a "too large" error when its planes cannot be had.
+    pub(crate) fn new(width: usize, height: usize, with_alpha: bool) -> Result<ImageSink> {
+        let alpha = if with_alpha { Some(zeroed_plane(height, width)?) } else { None };
+        Ok(ImageSink { rgb: zeroed_rgb(height, width)?, alpha })
     }
 
     pub(crate) fn finish(self) -> Image {

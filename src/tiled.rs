@@ -110,16 +110,8 @@ impl Render<'_> {
     fn start_noise(&self, latent: Rect) -> Result<Array4<f32>> {
         let channels = self.model.manifest().latent.channels;
         match self.noise {
-            Some(noise) => {
-                let want = (1, channels, self.plan.latent.1, self.plan.latent.0);
-                if noise.dim() != want {
-                    return Err(Error::InvalidOptions(format!(
-                        "noise has shape {:?}; this image needs {want:?}",
-                        noise.dim()
-                    )));
-                }
-                Ok(noise.slice(s![.., .., latent.y..latent.bottom(), latent.x..latent.right()]).to_owned())
-            }
+            // Its shape is the padded latent frame's (checked by `Settings::resolve`).
+            Some(noise) => Ok(noise.slice(s![.., .., latent.y..latent.bottom(), latent.x..latent.right()]).to_owned()),
             None => Ok(latent_noise(
                 self.settings.seed,
                 Stream::Start,
@@ -325,7 +317,8 @@ mod tests {
         let (w, h) = (256usize, 192usize);
         let rgb = Array3::from_shape_fn((3, h, w), |(c, y, x)| ((x * 7 + y * 13 + c * 50) % 97) as f32 / 96.0);
         let image = Image::from_planes(rgb, None).unwrap();
-        let settings = Settings::resolve(&tiny, &RestoreOptions::new().tile_size(8).tile_overlap(2)).unwrap();
+        let options = RestoreOptions::new().tile_size(8).tile_overlap(2);
+        let settings = Settings::resolve(&tiny, &options, (w, h)).unwrap();
         let control = Control::new();
         let call = Call::new(&control);
         let source = FrameSource::new(SourceData::Image(&image), (0, 0), (w, h), (w, h));

@@ -7,7 +7,7 @@ use super::{
     c_enum_from_u32, call, call_quietly, dpir_status, init_struct, put, read_struct, Failure, Outcome, Versioned,
 };
 use crate::imagefile;
-use crate::{AlphaMode, PixelLayout, Pixels, PixelsMut, Rect, SampleType, Transfer};
+use crate::{AlphaMode, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 
 /// How one sample is stored (the `sample` field of `dpir_pixels`).
 #[repr(u32)]
@@ -393,13 +393,8 @@ pub unsafe extern "C" fn dpir_image_write(pixels: *const dpir_pixels, path: *con
     call(|| {
         // SAFETY: forwarded from the caller.
         let (described, path) = unsafe { (Described::new(pixels, "pixels")?, super::path(path, "path")?) };
-        let layout = described.layout;
         // SAFETY: validated; the caller promised readable memory.
-        let (rgb, alpha) = unsafe { described.pixels()? }.read(Rect::new(0, 0, layout.width, layout.height))?;
-        let stored = imagefile::output_layout(path, &layout, layout.width, layout.height)?;
-        let mut bytes = crate::pixels::zeroed(stored.validate()?)?;
-        PixelsMut::new(stored, &mut bytes)?.write((0, 0), rgb.view(), alpha.as_ref().map(|a| a.view()));
-        imagefile::write(path, &stored, &bytes)?;
+        imagefile::write_pixels(path, &unsafe { described.pixels()? })?;
         Ok(())
     })
 }

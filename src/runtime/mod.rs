@@ -122,6 +122,9 @@ impl Runtime {
                 options.threads
             )));
         }
+        if options.gpu_memory_limit == Some(0) {
+            return Err(Error::InvalidOptions("the GPU memory limit must be more than 0 bytes".into()));
+        }
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
         let sessions = SessionSettings { threads: options.threads, gpu_memory_limit: options.gpu_memory_limit };
         let mut last_error = None;
