@@ -233,7 +233,8 @@ impl Restorer {
     /// `frame` (width, height) input pixels. Hosts that render in tiles ask for this much around each tile.
     pub fn region_of_interest(&self, frame: (usize, usize), rect: Rect, options: &RestoreOptions) -> Result<Rect> {
         let settings = Settings::resolve(&self.model, options, frame)?;
-        crate::tiled::region_of_interest(&Plan::new(self.manifest(), settings.output, &settings)?, frame, rect, &settings)
+        let plan = Plan::new(self.manifest(), settings.output, &settings)?;
+        crate::tiled::region_of_interest(&plan, frame, rect, &settings)
     }
 
     /// What restoring a `width x height` image with these options needs.

@@ -208,11 +208,13 @@ fn a_bad_option_is_refused_alike_by_every_entry_point() {
     let before = runs();
     for (options, says) in cases {
         let (mut whole_out, mut region_out) = (vec![0u8; bytes.len()], vec![0u8; bytes.len()]);
+        let mut whole_dest = dpir::PixelsMut::new(layout, &mut whole_out).unwrap();
+        let mut region_dest = dpir::PixelsMut::new(layout, &mut region_out).unwrap();
         let region = dpir::Region::new(source, (0, 0), (width, height), whole);
         let results = [
             ("restore", oracle.restore(&image, &options).map(drop)),
-            ("restore_pixels", oracle.restore_pixels(&source, &mut dpir::PixelsMut::new(layout, &mut whole_out).unwrap(), &options).map(drop)),
-            ("restore_region", oracle.restore_region(&region, &mut dpir::PixelsMut::new(layout, &mut region_out).unwrap(), &options).map(drop)),
+            ("restore_pixels", oracle.restore_pixels(&source, &mut whole_dest, &options).map(drop)),
+            ("restore_region", oracle.restore_region(&region, &mut region_dest, &options).map(drop)),
             ("frame", oracle.frame((width, height), source, &options).map(drop)),
             ("requirements", oracle.requirements(width, height, &options).map(drop)),
             ("region_of_interest", oracle.region_of_interest((width, height), whole, &options).map(drop)),
