@@ -199,7 +199,7 @@ impl Model {
         if let Some(seed) = posterior {
             let (_, c, h, w) = z.dim();
             let origin = (latent_origin.0 as i64, latent_origin.1 as i64);
-            let eps = latent_noise(seed, Stream::Posterior, c, origin, (h, w));
+            let eps = latent_noise(seed, Stream::Posterior, c, origin, (h, w))?;
             let logvar: Array4<f32> = logvar.into_dimensionality().map_err(|_| bad_rank("logvar"))?;
             Zip::from(&mut z).and(&logvar).and(&eps).for_each(|z, &lv, &e| *z += (0.5 * lv).exp() * e);
         }

@@ -3,7 +3,10 @@
 //! Because nothing depends on the order of drawing, a tile, a region render and a full frame that share latent
 //! coordinates start from the same noise, and so does the same frame of a video rendered twice.
 
-use ndarray::Array4;
+use ndarray::{Array4, Ix4, Zip};
+
+use crate::error::Result;
+use crate::pixels::zeroed_planes;
 
 /// Independent noise streams drawn from one seed.
 #[derive(Debug, Clone, Copy)]
@@ -50,10 +53,11 @@ pub(crate) fn latent_noise(
     channels: usize,
     (origin_y, origin_x): (i64, i64),
     (height, width): (usize, usize),
-) -> Array4<f32> {
-    Array4::from_shape_fn((1, channels, height, width), |(_, c, y, x)| {
-        gaussian(seed, stream, c, origin_y + y as i64, origin_x + x as i64)
-    })
+) -> Result<Array4<f32>> {
+    let mut noise = zeroed_planes(Ix4(1, channels, height, width))?;
+    Zip::indexed(&mut noise)
+        .for_each(|(_, c, y, x), v| *v = gaussian(seed, stream, c, origin_y + y as i64, origin_x + x as i64));
+    Ok(noise)
 }
 
 #[cfg(test)]
@@ -62,7 +66,7 @@ mod tests {
 
     #[test]
     fn is_standard_normal() {
-        let n = latent_noise(7, Stream::Start, 4, (0, 0), (64, 64));
+        let n = latent_noise(7, Stream::Start, 4, (0, 0), (64, 64)).unwrap();
         let count = n.len() as f64;
         let mean = n.iter().map(|&v| v as f64).sum::<f64>() / count;
         let var = n.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count;
@@ -72,8 +76,8 @@ mod tests {
 
     #[test]
     fn depends_only_on_position() {
-        let full = latent_noise(3, Stream::Start, 2, (0, 0), (8, 8));
-        let window = latent_noise(3, Stream::Start, 2, (2, 5), (3, 3));
+        let full = latent_noise(3, Stream::Start, 2, (0, 0), (8, 8)).unwrap();
+        let window = latent_noise(3, Stream::Start, 2, (2, 5), (3, 3)).unwrap();
         for c in 0..2 {
             for y in 0..3 {
                 for x in 0..3 {
@@ -81,7 +85,7 @@ mod tests {
                 }
             }
         }
-        assert_ne!(latent_noise(4, Stream::Start, 2, (0, 0), (8, 8)), full);
-        assert_ne!(latent_noise(3, Stream::Posterior, 2, (0, 0), (8, 8)), full);
+        assert_ne!(latent_noise(4, Stream::Start, 2, (0, 0), (8, 8)).unwrap(), full);
+        assert_ne!(latent_noise(3, Stream::Posterior, 2, (0, 0), (8, 8)).unwrap(), full);
     }
 }

@@ -2,7 +2,7 @@
 //! conversions from and to the interleaved buffers hosts hand over.
 
 use half::f16;
-use ndarray::{Array, Array2, Array3, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
+use ndarray::{Array, Array2, Array3, ArrayView, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
 
 use crate::rect::Rect;
 
@@ -155,6 +155,13 @@ pub fn zeroed(len: usize) -> Result<Vec<u8>> {
 pub(crate) fn zeroed_planes<D: Dimension>(shape: D) -> Result<Array<f32, D>> {
     let data = zeros(shape.size_checked().unwrap_or(usize::MAX), "image planes")?;
     Ok(Array::from_shape_vec(shape, data).expect("one value per position"))
+}
+
+/// A copy of `view`, reserved fallibly; see [`zeroed_planes`].
+pub(crate) fn copied<D: Dimension>(view: ArrayView<'_, f32, D>) -> Result<Array<f32, D>> {
+    let mut copy = zeroed_planes(view.raw_dim())?;
+    copy.assign(&view);
+    Ok(copy)
 }
 
 /// Colour planes (3, h, w) of zeros; see [`zeroed_planes`].

@@ -155,7 +155,7 @@ impl Restorer {
         let settings = Settings::resolve(&self.model, options, (width, height))?;
         let (w, h) = settings.output;
         let (lw, lh) = self.manifest().latent_size(w, h);
-        Ok(latent_noise(settings.seed, Stream::Start, self.manifest().latent.channels, (0, 0), (lh, lw)))
+        latent_noise(settings.seed, Stream::Start, self.manifest().latent.channels, (0, 0), (lh, lw))
     }
 
     /// Restores a whole frame from an interleaved buffer into another, sized to the output

@@ -6,6 +6,7 @@ use ndarray::{s, Array2, Array4, ArrayView4, Axis, Zip};
 use crate::error::{Error, Result};
 use crate::model::{Conditioning, Model};
 use crate::options::Settings;
+use crate::pixels::{zeroed_plane, zeroed_planes};
 use crate::plan::{gaussian_weights, Rect};
 use crate::progress::Call;
 use crate::schedule;
@@ -66,9 +67,12 @@ pub(crate) fn joint(
             model.step_inputs(stack(z_lq, batch).view(), &conditions, settings.guidance > 1.0, call)
         })
         .collect::<Result<Vec<_>>>()?;
+    // The blending sums span the block: reserved once, fallibly.
+    let mut v_sum = zeroed_planes(z.raw_dim())?;
+    let mut w_sum = zeroed_plane(height, width)?;
     for (step, pair) in schedule::sigmas(&model.manifest().scheduler, settings.steps).windows(2).enumerate() {
-        let mut v_sum = Array4::<f32>::zeros(z.raw_dim());
-        let mut w_sum = Array2::<f32>::zeros((height, width));
+        v_sum.fill(0.0);
+        w_sum.fill(0.0);
         let mut single = None;
         for (batch_index, batch) in tiles.chunks(settings.batch).enumerate() {
             let first = batch_index * settings.batch;
@@ -88,14 +92,13 @@ pub(crate) fn joint(
                 w_sum.slice_mut(s![tile.y..tile.bottom(), tile.x..tile.right()]).zip_mut_with(g, |t, &g| *t += g);
             }
         }
-        let v = match single {
-            Some(v) => v,
+        match &single {
+            Some(v) => euler_step(&mut z, v, pair[1] - pair[0], step)?,
             None => {
                 Zip::indexed(&mut v_sum).for_each(|(_, _, y, x), v| *v /= w_sum[[y, x]]);
-                v_sum
+                euler_step(&mut z, &v_sum, pair[1] - pair[0], step)?;
             }
-        };
-        euler_step(&mut z, &v, pair[1] - pair[0], step)?;
+        }
     }
     Ok(z)
 }

@@ -1,7 +1,7 @@
 //! The tile engine: drives the stages (encode, prompt, sample, decode) over the tiles a render of one rectangle
 //! of a frame needs, independently or jointly, and streams the finished rows to a sink.
 
-use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis, CowArray, Zip};
+use ndarray::{s, Array2, Array3, Array4, ArrayView3, CowArray, Ix4, Zip};
 
 use crate::bundle::{ClipInput, ColorFix, VAE_MARGIN};
 use crate::colour::wavelet_fix;
@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{Conditioning, Model};
 use crate::noise::{latent_noise, Stream};
 use crate::options::{Settings, TileMode};
+use crate::pixels::{copied, zeroed_plane, zeroed_planes, zeroed_rgb};
 use crate::plan::{blend_weights, check_region, grow_within, pixel_blend_weights, relative, Plan, Rect, Tile};
 use crate::progress::{Call, Progress, Stage};
 use crate::prompt::FramePrompt;
@@ -64,7 +65,7 @@ impl Render<'_> {
                     // Rows above this tile's row are final: no later tile reaches them.
                     band.flush_until(tile.pixels.y, self.source, sink)?;
                     let restored = self.independent_tile(tile, index, wanted.len())?;
-                    band.add(tile.visible, &restored, &self.plan.weights(tile));
+                    band.add(tile.visible, &restored, &self.plan.weights(tile))?;
                     self.call.tile_done();
                 }
             }
@@ -112,13 +113,13 @@ impl Render<'_> {
         match self.noise {
             // Its shape is the padded latent frame's (checked by `Settings::resolve`).
             Some(noise) => Ok(noise.slice(s![.., .., latent.y..latent.bottom(), latent.x..latent.right()]).to_owned()),
-            None => Ok(latent_noise(
+            None => latent_noise(
                 self.settings.seed,
                 Stream::Start,
                 channels,
                 (latent.y as i64, latent.x as i64),
                 (latent.height, latent.width),
-            )),
+            ),
         }
     }
 
@@ -160,8 +161,8 @@ impl Render<'_> {
         let at = |t: &Tile| relative(t.latent, block_rect);
 
         // The input latent of the block: tiles encoded with margins, blended over their overlaps.
-        let mut z_lq = Array4::<f32>::zeros((1, channels, block_rect.height, block_rect.width));
-        let mut z_lq_weight = Array2::<f32>::zeros((block_rect.height, block_rect.width));
+        let mut z_lq = zeroed_planes(Ix4(1, channels, block_rect.height, block_rect.width))?;
+        let mut z_lq_weight = zeroed_plane(block_rect.height, block_rect.width)?;
         let mut conditions = Vec::with_capacity(tiles);
         for (index, tile) in block.iter().enumerate() {
             self.report(Stage::Encode, 0, index, tiles)?;
@@ -200,7 +201,7 @@ impl Render<'_> {
             let d = self.plan.downscale;
             let weights =
                 (pixel_blend_weights(&rows, tile.row - row0, d), pixel_blend_weights(&cols, tile.col - col0, d));
-            band.add(tile.visible, &restored, &weights);
+            band.add(tile.visible, &restored, &weights)?;
             self.call.tile_done();
         }
         Ok(())
@@ -251,17 +252,19 @@ impl Band {
 
     /// Adds `weights` (rows, columns of the tile from `visible`'s top-left) times `pixels` over `visible`,
     /// clipped to the rectangle.
-    fn add(&mut self, visible: Rect, pixels: &Array3<f32>, (wy, wx): &(Vec<f32>, Vec<f32>)) {
+    fn add(&mut self, visible: Rect, pixels: &Array3<f32>, (wy, wx): &(Vec<f32>, Vec<f32>)) -> Result<()> {
         let clip = visible.intersect(&self.rect);
         if clip.is_empty() {
-            return;
+            return Ok(());
         }
         let needed = clip.bottom() - self.top;
         let have = self.weight.dim().0;
         if needed > have {
-            let more = needed - have;
-            self.sum = ndarray::concatenate![Axis(1), self.sum, Array3::zeros((3, more, self.rect.width))];
-            self.weight = ndarray::concatenate![Axis(0), self.weight, Array2::zeros((more, self.rect.width))];
+            let mut sum = zeroed_rgb(needed, self.rect.width)?;
+            sum.slice_mut(s![.., ..have, ..]).assign(&self.sum);
+            let mut weight = zeroed_plane(needed, self.rect.width)?;
+            weight.slice_mut(s![..have, ..]).assign(&self.weight);
+            (self.sum, self.weight) = (sum, weight);
         }
         let (tx, bx) = (clip.x - visible.x..clip.right() - visible.x, clip.x - self.rect.x..clip.right() - self.rect.x);
         let weights = &wx[tx.clone()];
@@ -274,6 +277,7 @@ impl Band {
             }
             Zip::from(self.weight.slice_mut(s![by, bx.clone()])).and(weights).for_each(|d, &w| *d += wy[ty] * w);
         }
+        Ok(())
     }
 
     /// Writes rows above `y` (output frame) to the sink and forgets them.
@@ -283,7 +287,7 @@ impl Band {
             return Ok(());
         }
         let rows = end - self.top;
-        let mut done = self.sum.slice(s![.., ..rows, ..]).to_owned();
+        let mut done = copied(self.sum.slice(s![.., ..rows, ..]))?;
         for mut plane in done.outer_iter_mut() {
             Zip::from(&mut plane)
                 .and(self.weight.slice(s![..rows, ..]))
@@ -292,8 +296,8 @@ impl Band {
         let rect = Rect::new(self.rect.x, self.top, self.rect.width, rows);
         let alpha = if source.has_alpha() { source.read(rect)?.1 } else { None };
         sink.put((0, self.top - self.rect.y), done.view(), alpha.as_ref().map(|a| a.view()));
-        self.sum = self.sum.slice(s![.., rows.., ..]).to_owned();
-        self.weight = self.weight.slice(s![rows.., ..]).to_owned();
+        self.sum = copied(self.sum.slice(s![.., rows.., ..]))?;
+        self.weight = copied(self.weight.slice(s![rows.., ..]))?;
         self.top = end;
         Ok(())
     }

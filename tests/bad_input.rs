@@ -355,6 +355,21 @@ fn whole_image_planes_in_a_limited_child() {
     let small = picture(64, 64);
     let options = RestoreOptions::new().scale(500.0).steps(1);
     too_large(restorer("oracle").restore(&small, &options).map(drop), "Restorer::restore");
+    // Joint sampling of a whole 65536x65536 output frame (a 1024x1024 input at scale 64, one output pixel
+    // wanted, the context margin spanning the frame): the oracle's block latent is 12 x 32768 x 32768 (48 GiB),
+    // and so is the frame's starting noise.
+    let side = 1024;
+    let input = vec![128u8; side * side * 3];
+    let layout = PixelLayout::packed(side, side, 3, SampleType::U8);
+    let source = dpir::Pixels::new(layout, &input).unwrap();
+    let options = RestoreOptions::new().scale(64.0).steps(1).tile_mode(dpir::TileMode::Joint).context_margin(65536);
+    let region = dpir::Region::new(source, (0, 0), (side, side), dpir::Rect::new(0, 0, 1, 1));
+    let mut pixel = [7u8; 3];
+    let mut dest = dpir::PixelsMut::new(PixelLayout::packed(1, 1, 3, SampleType::U8), &mut pixel).unwrap();
+    too_large(restorer("oracle").restore_region(&region, &mut dest, &options).map(drop), "joint block");
+    assert_eq!(pixel, [7; 3], "the destination is untouched");
+    too_large(restorer("oracle").starting_noise(side, side, &options).map(drop), "Restorer::starting_noise");
+
     // Writing a file (dpir_image_write) converts a band of rows at a time: only the stored bytes are image-sized,
     // so a 16384x16384 gray PNG (256 MiB; 3 GiB as float planes) is written.
     let dir = tempfile::tempdir().unwrap();
