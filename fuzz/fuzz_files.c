@@ -7,8 +7,7 @@
  * beyond the fuzzer's memory limit: the harness sets DPIR_IMAGE_LIMIT to 256 MiB, so an image header may claim
  * any size but the decoder may not take more.
  *
- *   clang -fsanitize=fuzzer,address fuzz/fuzz_files.c $(pkg-config --cflags --libs dpir)
- *   DPIR_FUZZ_BUNDLE=tests/fixtures/bundles/oracle ./fuzz_files -max_total_time=20 NEW_DIR fuzz/corpus/files
+ *   bash fuzz/run.sh files 20    (builds an instrumented libdpir.a, runs on fuzz/corpus/files)
  */
 #define _XOPEN_SOURCE 700 /* mkdtemp, realpath, symlink, setenv */
 #include <dpir.h>

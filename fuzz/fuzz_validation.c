@@ -9,8 +9,7 @@
  * at addresses that must never be touched. A progress callback cancels every restore at its first denoising step
  * (and at once for anything but small images), so the model runs little.
  *
- *   clang -fsanitize=fuzzer,address fuzz/fuzz_validation.c $(pkg-config --cflags --libs dpir)
- *   DPIR_FUZZ_BUNDLE=tests/fixtures/bundles/oracle ./fuzz_validation -max_total_time=30 NEW_DIR fuzz/corpus/validation
+ *   bash fuzz/run.sh validation 30    (builds an instrumented libdpir.a, runs on fuzz/corpus/validation)
  */
 #include <dpir.h>
 

@@ -587,8 +587,8 @@ typedef struct dpir_restore_options {
      */
     uint32_t tile_batch;
     /**
-     * Joint-mode region restores: pixels of surrounding frame sampled with the region, or -1 (default) for one
-     * tile overlap. No effect in independent mode.
+     * Joint-mode region restores: pixels of surrounding frame sampled with the region, 0..65536, or -1
+     * (default) for one tile overlap. No effect in independent mode.
      */
     int32_t context_margin;
 } dpir_restore_options;

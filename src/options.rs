@@ -49,8 +49,8 @@ pub struct RestoreOptions {
     pub tile_overlap: Option<usize>,
     /// Tiles per transformer call in joint mode (the graph's batch axis). Default 1.
     pub tile_batch: Option<usize>,
-    /// Joint-mode region renders: pixels of surrounding frame sampled with the region. Default: one tile
-    /// overlap. No effect in independent mode, where a region needs only the tiles that touch it.
+    /// Joint-mode region renders: pixels of surrounding frame sampled with the region, at most 65536. Default:
+    /// one tile overlap. No effect in independent mode, where a region needs only the tiles that touch it.
     pub context_margin: Option<usize>,
     /// Progress reports; returning false cancels.
     pub progress: Option<Arc<ProgressFn>>,

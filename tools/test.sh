@@ -96,31 +96,13 @@ cc -std=c99 $strict -O1 -g -fsanitize=address -fno-omit-frame-pointer tests/c/te
 DPIR_ORT_LIB=$PWD/$capi/install/lib/libonnxruntime.so ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     "$capi/bin/test_capi_asan" tests/fixtures/bundles "$cabi_scratch"
 
+# The fuzzers link libdpir.a built with coverage instrumentation, so they are guided through dpir's own code and
+# the decoders it calls (fuzz/run.sh; the instrumented build takes a few minutes the first time).
 echo "== C ABI: libFuzzer over descriptor, options and region validation (30 s, committed corpus)"
-clang-14 -std=c99 $strict -O1 -g -fsanitize=fuzzer,address fuzz/fuzz_validation.c \
-    -o "$capi/bin/fuzz_validation" $(pkg-config --cflags --libs dpir)
-mkdir -p "$cabi_scratch/fuzz"
-if ! DPIR_FUZZ_BUNDLE=$oracle "$capi/bin/fuzz_validation" -max_total_time=30 -timeout=20 \
-    -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$capi/" "$cabi_scratch/fuzz" fuzz/corpus/validation \
-    >"$cabi_scratch/fuzz.log" 2>&1; then
-    tail -n 60 "$cabi_scratch/fuzz.log"
-    echo "the failing input is in $capi/ (crash-*, leak-* or timeout-*)"
-    exit 1
-fi
-grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$cabi_scratch/fuzz.log"
+bash fuzz/run.sh validation 30
 
 echo "== C ABI: libFuzzer over the file readers (PNG, JPEG, TIFF, .npy, the bundle manifest; 20 s, committed corpus)"
-clang-14 -std=c99 $strict -O1 -g -fsanitize=fuzzer,address fuzz/fuzz_files.c \
-    -o "$capi/bin/fuzz_files" $(pkg-config --cflags --libs dpir)
-mkdir -p "$cabi_scratch/fuzz-files"
-if ! DPIR_FUZZ_BUNDLE=$oracle "$capi/bin/fuzz_files" -max_total_time=20 -timeout=20 -rss_limit_mb=4096 \
-    -print_final_stats=1 -artifact_prefix="$capi/" "$cabi_scratch/fuzz-files" fuzz/corpus/files \
-    >"$cabi_scratch/fuzz-files.log" 2>&1; then
-    tail -n 60 "$cabi_scratch/fuzz-files.log"
-    echo "the failing input is in $capi/ (crash-*, leak-*, oom-* or timeout-*)"
-    exit 1
-fi
-grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$cabi_scratch/fuzz-files.log"
+bash fuzz/run.sh files 20
 
 # The GIMP 3 plug-in in a real GIMP (about a minute once tools/hosts/chroot.sh has built the chroot).
 echo "== GIMP plug-in: built and run in gimp-console-3 in a Debian forky chroot (tests/gimp/test_gimp.sh)"

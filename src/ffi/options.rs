@@ -219,8 +219,8 @@ pub struct dpir_restore_options {
     pub tile_overlap: i32,
     /// Tiles per transformer call in joint mode, 1..64, or 0 (default) for 1. No effect in independent mode.
     pub tile_batch: u32,
-    /// Joint-mode region restores: pixels of surrounding frame sampled with the region, or -1 (default) for one
-    /// tile overlap. No effect in independent mode.
+    /// Joint-mode region restores: pixels of surrounding frame sampled with the region, 0..65536, or -1
+    /// (default) for one tile overlap. No effect in independent mode.
     pub context_margin: i32,
 }
 

@@ -40,7 +40,7 @@ pub struct RuntimeOptions {
     pub threads: usize,
     /// On CUDA and TensorRT, the most device memory, in bytes, that each graph's memory arena may take (ONNX
     /// Runtime's `gpu_mem_limit`; the five graphs have an arena each, and cuDNN's workspaces come on top).
-    /// `None`: no limit. A run that needs more fails with ONNX Runtime's out-of-memory error.
+    /// More than 0; `None`: no limit. A run that needs more fails with ONNX Runtime's out-of-memory error.
     pub gpu_memory_limit: Option<usize>,
 }
 
