@@ -136,7 +136,7 @@ fn direct_candidates() -> Vec<PathBuf> {
 }
 
 /// The project's fetched copy, for this crate's own unit tests only: never compiled into libdpir or the CLI (the
-/// CLI finds it relative to its executable; see `src/bin/dpir.rs`).
+/// CLI finds it relative to its executable; see `src/bin/dpir/main.rs`).
 #[cfg(test)]
 fn test_candidates() -> Vec<PathBuf> {
     vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("build/onnxruntime/lib/libonnxruntime.so")]

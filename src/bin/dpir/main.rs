@@ -1,18 +1,23 @@
 //! `dpir`: restore images with a DPIR model bundle, inspect bundles, measure the runtime.
 
-use std::path::PathBuf;
+mod batch;
+
+use std::io::IsTerminal;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use batch::{Job, Work};
 use clap::{Parser, Subcommand, ValueEnum};
 use dpir::imagefile;
 use dpir::{
-    CancelToken, ClipInput, ColorFix, ExecutionProvider, Image, Pixels, PixelsMut, Progress, RestoreOptions, Restorer,
-    RuntimeOptions, Stage, TileMode,
+    CancelToken, ClipInput, ColorFix, ExecutionProvider, Image, PixelLayout, Pixels, PixelsMut, Progress,
+    RestoreOptions, Restorer, RuntimeOptions, Stage, Stats, TileMode,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array3;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
@@ -43,11 +48,27 @@ struct ModelArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
-    /// Restore an image (PNG, JPEG, TIFF; 8 or 16 bit) into OUT (.png, .jpg, .tif, or .npy for float32).
+    /// Restore an image (PNG, JPEG, TIFF; 8 or 16 bit) into OUT (.png, .jpg, .tif, or .npy for float32); every
+    /// image of a folder IN into the folder OUT; or the frames of a sequence (in/f_%04d.png out/f_%04d.png
+    /// --frames 1-100). Batches load the model once, skip outputs that exist and go on past a failed file.
     Restore {
         input: PathBuf,
         output: PathBuf,
+        /// Frames of a sequence whose IN and OUT hold a frame number pattern (%d, %04d): FIRST-LAST or N.
+        #[arg(long, value_parser = batch::parse_frames)]
+        frames: Option<RangeInclusive<u64>>,
+        /// Batches: replace outputs that exist (by default they are skipped, so a re-run resumes).
+        #[arg(long)]
+        overwrite: bool,
+        /// Batches: stop at the first file that fails (by default the rest go on).
+        #[arg(long)]
+        fail_fast: bool,
+        /// Sequences: add the frame number to the seed, so every frame gets fresh noise (by default the noise is
+        /// locked to pixel position, the same in every frame, so a still shot does not flicker).
+        #[arg(long)]
+        seed_per_frame: bool,
         #[command(flatten)]
         model: ModelArgs,
         /// Output size / input size.
@@ -274,6 +295,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Restore {
             input,
             output,
+            frames,
+            overwrite,
+            fail_fast,
+            seed_per_frame,
             model,
             scale,
             steps,
@@ -292,8 +317,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tile_batch,
             quiet,
         } => {
+            let work = batch::plan(&input, &output, frames)?;
+            if matches!(work, Work::Batch(_)) && (noise.is_some() || save_noise.is_some()) {
+                return Err("--noise and --save-noise take one image, not a batch".into());
+            }
             let interrupt = Interrupt::install()?;
-            let (layout, pixels) = imagefile::read(&input)?;
             let auto = model.ep == ExecutionProvider::Auto;
             let started = Instant::now();
             let restorer = load(model)?;
@@ -323,46 +351,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             (options.steps, options.seed, options.guidance) = (steps, seed, guidance);
             (options.prompt, options.prompt_text, options.noise) = (prompt, prompt_text, noise);
             (options.tile_size, options.tile_overlap, options.tile_batch) = (tile_size, tile_overlap, tile_batch);
-            let bar = match quiet {
-                true => ProgressBar::hidden(),
-                false => ProgressBar::new(BAR_UNITS).with_style(
-                    ProgressStyle::with_template("{msg:<32} [{bar:28}] {percent:>3}% {elapsed}")
-                        .expect("a valid template")
-                        .progress_chars("#>-"),
-                ),
-            };
-            options.progress = (!quiet).then(|| progress_bar(bar.clone()));
             options.cancel = Some(interrupt.token());
-            let (width, height) = restorer.output_size(layout.width, layout.height, scale)?;
-            let out_layout = imagefile::output_layout(&output, &layout, width, height)?;
-            let mut restored = dpir::pixels::zeroed(out_layout.validate()?)?;
-            let stats = restorer.restore_pixels(
-                &Pixels::new(layout, &pixels)?,
-                &mut PixelsMut::new(out_layout, &mut restored)?,
-                &options,
-            );
-            bar.finish_and_clear();
-            interrupt.check()?;
-            let stats = stats?;
-            if let Some(path) = save_noise {
-                let noise = restorer.starting_noise(layout.width, layout.height, &options)?;
-                let mut bytes = Vec::new();
-                ndarray_npy::WriteNpyExt::write_npy(&noise, &mut bytes)?;
-                imagefile::write_atomically(&path, &bytes)?;
+            match work {
+                Work::Single(job) => restore_single(&restorer, &job, options, save_noise, quiet, &interrupt),
+                Work::Batch(jobs) => {
+                    let flags = BatchFlags { overwrite, fail_fast, seed_per_frame, quiet };
+                    restore_batch(&restorer, &jobs, &options, flags, &interrupt)
+                }
             }
-            interrupt.check()?; // a signal during the noise file: the output is not written
-            imagefile::write(&output, &out_layout, &restored)?;
-            if !quiet {
-                eprintln!(
-                    "wrote {} ({width}x{height}) in {:.2} s ({:.2} s in {} model calls, {} tiles)",
-                    output.display(),
-                    stats.total.as_secs_f64(),
-                    stats.in_session.as_secs_f64(),
-                    stats.model_calls,
-                    stats.tiles
-                );
-            }
-            Ok(())
         }
         Command::Info { dir, ort_lib } => {
             let dir = bundle_dir(dir)?;
@@ -442,6 +438,184 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// An image restored into the layout its output file stores, not yet written.
+struct Restored {
+    layout: PixelLayout,
+    bytes: Vec<u8>,
+    /// The input's (width, height).
+    input_size: (usize, usize),
+    stats: Stats,
+}
+
+/// Reads `input` and restores it into the layout `output`'s format stores. A signal during the restore is an
+/// [`Interrupted`] error.
+fn restore_file(
+    restorer: &Restorer,
+    input: &Path,
+    output: &Path,
+    options: &RestoreOptions,
+    interrupt: &Interrupt,
+) -> Result<Restored, Box<dyn std::error::Error>> {
+    let (layout, pixels) = imagefile::read(input)?;
+    let (width, height) = restorer.output_size(layout.width, layout.height, options.scale.unwrap_or(1.0))?;
+    let out_layout = imagefile::output_layout(output, &layout, width, height)?;
+    let mut restored = dpir::pixels::zeroed(out_layout.validate()?)?;
+    let stats = restorer.restore_pixels(
+        &Pixels::new(layout, &pixels)?,
+        &mut PixelsMut::new(out_layout, &mut restored)?,
+        options,
+    );
+    interrupt.check()?;
+    Ok(Restored { layout: out_layout, bytes: restored, input_size: (layout.width, layout.height), stats: stats? })
+}
+
+/// One file into another, replacing it, with the starting noise saved on request.
+fn restore_single(
+    restorer: &Restorer,
+    job: &Job,
+    mut options: RestoreOptions,
+    save_noise: Option<PathBuf>,
+    quiet: bool,
+    interrupt: &Interrupt,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bar = if quiet { ProgressBar::hidden() } else { file_bar() };
+    options.progress = (!quiet).then(|| progress_bar(bar.clone()));
+    let restored = restore_file(restorer, &job.input, &job.output, &options, interrupt);
+    bar.finish_and_clear();
+    let restored = restored?;
+    if let Some(path) = save_noise {
+        let (width, height) = restored.input_size;
+        let noise = restorer.starting_noise(width, height, &options)?;
+        let mut bytes = Vec::new();
+        ndarray_npy::WriteNpyExt::write_npy(&noise, &mut bytes)?;
+        imagefile::write_atomically(&path, &bytes)?;
+    }
+    interrupt.check()?; // a signal during the noise file: the output is not written
+    imagefile::write(&job.output, &restored.layout, &restored.bytes)?;
+    if !quiet {
+        let (stats, layout) = (&restored.stats, &restored.layout);
+        eprintln!(
+            "wrote {} ({}x{}) in {:.2} s ({:.2} s in {} model calls, {} tiles)",
+            job.output.display(),
+            layout.width,
+            layout.height,
+            stats.total.as_secs_f64(),
+            stats.in_session.as_secs_f64(),
+            stats.model_calls,
+            stats.tiles
+        );
+    }
+    Ok(())
+}
+
+/// How a batch treats existing outputs, failures, seeds and the terminal.
+struct BatchFlags {
+    overwrite: bool,
+    fail_fast: bool,
+    seed_per_frame: bool,
+    quiet: bool,
+}
+
+/// Restores every job with one loaded model: an existing output is skipped unless overwriting, a failed file is
+/// reported and the rest go on (unless failing fast), and a summary closes the batch. On a terminal a bar shows
+/// the files and another the current one; elsewhere (logs, farms) each file gets one line. A signal stops the
+/// batch before its next model call, keeping the files already written.
+fn restore_batch(
+    restorer: &Restorer,
+    jobs: &[Job],
+    options: &RestoreOptions,
+    flags: BatchFlags,
+    interrupt: &Interrupt,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let bars = MultiProgress::with_draw_target(match flags.quiet || !std::io::stderr().is_terminal() {
+        true => ProgressDrawTarget::hidden(),
+        false => ProgressDrawTarget::stderr(),
+    });
+    let files = bars.add(ProgressBar::new(jobs.len() as u64)).with_style(
+        ProgressStyle::with_template("files {pos}/{len} [{bar:28}] {elapsed} elapsed, {eta} left")
+            .expect("a valid template")
+            .progress_chars("#>-"),
+    );
+    let current = bars.add(file_bar());
+    // Lines go above the bars on a terminal, straight to stderr elsewhere; quiet keeps only failures.
+    let say = |line: String, failure: bool| match (bars.is_hidden(), flags.quiet && !failure) {
+        (_, true) => {}
+        (true, false) => eprintln!("{line}"),
+        (false, false) => bars.println(line).unwrap_or(()),
+    };
+    let base_seed = options.seed.unwrap_or(restorer.manifest().defaults.seed);
+    let (mut restored, mut skipped, mut failed) = (0, 0, 0);
+    let mut stopped = None;
+    for (index, job) in jobs.iter().enumerate() {
+        if let Err(interrupted) = interrupt.check() {
+            stopped = Some(interrupted.into());
+            break;
+        }
+        let head = format!("[{}/{}] {}", index + 1, jobs.len(), job.input.display());
+        if !flags.overwrite && job.output.exists() {
+            skipped += 1;
+            say(format!("{head}: skipped, {} exists (--overwrite replaces it)", job.output.display()), false);
+            files.inc(1);
+            continue;
+        }
+        let mut options = options.clone();
+        if let (true, Some(frame)) = (flags.seed_per_frame, job.frame) {
+            options.seed = Some(base_seed.wrapping_add(frame));
+        }
+        options.progress = Some(progress_bar(current.clone()));
+        current.reset();
+        let outcome = restore_file(restorer, &job.input, &job.output, &options, interrupt).and_then(|r| {
+            if let Some(folder) = job.output.parent().filter(|f| !f.as_os_str().is_empty()) {
+                std::fs::create_dir_all(folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+            }
+            imagefile::write(&job.output, &r.layout, &r.bytes)?;
+            Ok(r)
+        });
+        files.inc(1);
+        match outcome {
+            Ok(r) => {
+                restored += 1;
+                let (w, h, seconds) = (r.layout.width, r.layout.height, r.stats.total.as_secs_f64());
+                say(format!("{head} -> {} ({w}x{h}) in {seconds:.2} s", job.output.display()), false);
+            }
+            Err(error) if error.is::<Interrupted>() => {
+                stopped = Some(error);
+                break;
+            }
+            Err(error) => {
+                failed += 1;
+                say(format!("{head}: failed: {error}"), true);
+                if flags.fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    bars.clear().unwrap_or(());
+    let left = jobs.len() - restored - skipped - failed;
+    let not_done = if left > 0 { format!(", {left} not done") } else { String::new() };
+    eprintln!(
+        "restored {restored}, skipped {skipped}, failed {failed} of {} files{not_done} in {:.1} s",
+        jobs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    match (stopped, failed) {
+        (Some(interrupted), _) => Err(interrupted),
+        (None, 0) => Ok(()),
+        (None, failed) => Err(format!("{failed} of {} files failed", jobs.len()).into()),
+    }
+}
+
+/// The bar of the file being restored: stage, step and tile, and the overall fraction.
+fn file_bar() -> ProgressBar {
+    ProgressBar::new(BAR_UNITS).with_style(
+        ProgressStyle::with_template("{msg:<32} [{bar:28}] {percent:>3}% {elapsed}")
+            .expect("a valid template")
+            .progress_chars("#>-"),
+    )
+}
+
 /// A smooth, detailed test picture for benchmarks.
 fn synthetic(size: usize) -> Image {
     let rgb = Array3::from_shape_fn((3, size, size), |(c, y, x)| {
@@ -452,7 +626,6 @@ fn synthetic(size: usize) -> Image {
     Image::from_planes(rgb, None).expect("valid planes")
 }
 
-/// A one-line progress display on stderr: stage, step and tile.
 /// Feeds a progress bar with the library's reports: the bar follows their overall fraction, the message says
 /// which stage, step and tile run. indicatif draws it only when stderr is a terminal.
 fn progress_bar(bar: ProgressBar) -> Arc<dpir::ProgressFn> {
