@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test (what CI runs through .ci/run): sets up (tools/setup.sh, tools/setup-tests.sh), checks the
 # committed fixtures regenerate byte for byte, runs the fixture and reference-pipeline self-checks, the Rust unit
-# and integration tests, the C ABI (header, installed libraries, C and C++ tests, valgrind, AddressSanitizer,
-# libFuzzer), the GIMP and OpenFX plug-ins in real hosts (a Debian forky chroot; needs root), and the converter
-# on tiny models of the real PyTorch classes, and rehearses the GPU kit (tools/device) offline.
+# and integration tests, the Python package, the C ABI (header, installed libraries, C and C++ tests, valgrind,
+# AddressSanitizer, libFuzzer), the GIMP and OpenFX plug-ins in real hosts (a Debian forky chroot; needs root),
+# and the converter on tiny models of the real PyTorch classes, and rehearses the GPU kit (tools/device) offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -22,6 +22,14 @@ $py tools/reference/test_reference.py
 
 echo "== Rust tests"
 cargo test --release --features full
+
+# The Python package (bindings/python): its abi3 wheel, installed into build/venv, whose onnxruntime package
+# supplies the ONNX Runtime library as it would for a Python user.
+echo "== Python package: build the wheel (maturin), install it, pytest (bindings/python/tests)"
+rm -rf build/wheels
+(cd bindings/python && ../../build/venv/bin/maturin build --release --quiet -i ../../$py -o ../../build/wheels)
+$py -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps build/wheels/dpir-*.whl
+$py -m pytest -q -p no:cacheprovider bindings/python/tests
 
 # The C ABI: the header, the installed libraries, and C and C++ programs built against them.
 capi=build/c-api
