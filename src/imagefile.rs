@@ -1,5 +1,6 @@
-//! Image files for the CLI: PNG, JPEG and TIFF (8 and 16 bit) and float32 `.npy` arrays, read into and written
-//! from interleaved buffers, with writes that never leave a partial file behind.
+//! Image files for the CLI and the bindings: PNG, JPEG and TIFF (8 and 16 bit) and float32 `.npy` arrays, read
+//! into and written from interleaved buffers, with writes that never leave a partial file behind, and a file
+//! restored into another.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +11,7 @@ use ndarray::{Array3, Array4, ArrayView3};
 
 use crate::error::{Error, Result};
 use crate::pixels::{PixelLayout, Pixels, PixelsMut, SampleType};
+use crate::{RestoreOptions, Restorer, Stats};
 
 /// The most memory, in bytes, that decoding one image file may take: 4 GiB, far above what a restore needs
 /// in tiles, and enough for a 16000x12000 16-bit RGBA picture. `DPIR_IMAGE_LIMIT` (in MiB) sets another.
@@ -107,6 +109,38 @@ pub fn output_layout(path: &Path, input: &PixelLayout, width: usize, height: usi
         }
     };
     Ok(PixelLayout::packed(width, height, channels, sample))
+}
+
+/// An image file restored into the layout its output file's format stores, not yet written.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RestoredFile {
+    /// The stored layout ([`output_layout`] of the output path).
+    pub layout: PixelLayout,
+    /// The restored pixels in that layout.
+    pub bytes: Vec<u8>,
+    /// The input's (width, height).
+    pub input_size: (usize, usize),
+    /// Timings.
+    pub stats: Stats,
+}
+
+impl RestoredFile {
+    /// Writes the file, whole or not at all ([`write`]).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write(path, &self.layout, &self.bytes)
+    }
+}
+
+/// Reads the image file `input` and restores it into what `output`'s format stores, as `dpir restore` does.
+pub fn restore(restorer: &Restorer, input: &Path, output: &Path, options: &RestoreOptions) -> Result<RestoredFile> {
+    let (layout, pixels) = read(input)?;
+    let (width, height) = restorer.output_size(layout.width, layout.height, options.scale.unwrap_or(1.0))?;
+    let stored = output_layout(output, &layout, width, height)?;
+    let mut bytes = crate::pixels::zeroed(stored.validate()?)?;
+    let stats =
+        restorer.restore_pixels(&Pixels::new(layout, &pixels)?, &mut PixelsMut::new(stored, &mut bytes)?, options)?;
+    Ok(RestoredFile { layout: stored, bytes, input_size: (layout.width, layout.height), stats })
 }
 
 /// Writes pixels of any layout as `path`'s format stores them ([`output_layout`]), converted a band of rows at a

@@ -24,8 +24,8 @@ echo "== Rust tests"
 cargo test --release --features full
 
 # The Python package (bindings/python): its abi3 wheel, installed into build/venv, whose onnxruntime package
-# supplies the ONNX Runtime library as it would for a Python user.
-echo "== Python package: build the wheel (maturin), install it, pytest (bindings/python/tests)"
+# supplies the ONNX Runtime library as it would for a Python user; dpir.ray on a local Ray cluster (about 20 s).
+echo "== Python package: build the wheel (maturin), install it, pytest (bindings/python/tests, with Ray)"
 rm -rf build/wheels
 (cd bindings/python && ../../build/venv/bin/maturin build --release --quiet -i ../../$py -o ../../build/wheels)
 $py -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps build/wheels/dpir-*.whl

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use dpir::imagefile;
 use dpir::{
     CancelToken, ClipInput, ColorFix, ErrorKind, ExecutionProvider, PixelLayout, Pixels, PixelsMut, Progress, Rect,
     Region, RestoreOptions, RuntimeOptions, SampleType, Stage, TileMode,
@@ -154,6 +155,28 @@ impl Restorer {
         });
         finish(py, result, &failure)?;
         Ok(out)
+    }
+
+    /// Restores the image file `input` into `output` as `dpir restore` does (the same formats and bytes, the file
+    /// written whole or not at all); returns the output's (width, height).
+    fn restore_file<'py>(
+        &self,
+        py: Python<'py>,
+        input: PathBuf,
+        output: PathBuf,
+        options: &Bound<'py, PyDict>,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<&Bound<'py, CancelFlag>>,
+    ) -> PyResult<(usize, usize)> {
+        let mut options = restore_options(options)?;
+        let failure = watch(&mut options, progress, cancel);
+        let restorer = self.inner.clone();
+        let result = py.detach(|| {
+            let restored = imagefile::restore(&restorer, &input, &output, &options)?;
+            restored.write(&output)?;
+            Ok((restored.layout.width, restored.layout.height))
+        });
+        finish(py, result, &failure)
     }
 
     /// Restores `rect` (x, y, width, height in output pixels) of a frame of `frame` (width, height) input

@@ -80,6 +80,9 @@ def test_the_tiny_model_matches_the_cli_bit_for_bit(tiny, tmp_path):
     subprocess.run([CLI, "restore", source, cli, "--model", BUNDLES / "tiny", "--quiet", *arguments], check=True)
     restored = tiny.restore(image, **options)
     assert np.array_equal(restored, np.asarray(Image.open(cli)))
+    # A file restored into a file is the CLI's, byte for byte.
+    assert tiny.restore_file(source, tmp_path / "file.png", **options) == (80, 60)
+    assert (tmp_path / "file.png").read_bytes() == cli.read_bytes()
     # A Pillow image comes back as one, with the same pixels.
     from_pillow = tiny.restore(Image.open(source), **options)
     assert isinstance(from_pillow, Image.Image) and from_pillow.mode == "RGB"

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use batch::{Job, Work};
 use clap::{Parser, Subcommand, ValueEnum};
-use dpir::imagefile;
+use dpir::imagefile::{self, RestoredFile};
 use dpir::{
-    CancelToken, ClipInput, ColorFix, ExecutionProvider, Image, PixelLayout, Pixels, PixelsMut, Progress,
-    RestoreOptions, Restorer, RuntimeOptions, Stage, Stats, TileMode,
+    CancelToken, ClipInput, ColorFix, ExecutionProvider, Image, Progress, RestoreOptions, Restorer, RuntimeOptions,
+    Stage, TileMode,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array3;
@@ -438,15 +438,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// An image restored into the layout its output file stores, not yet written.
-struct Restored {
-    layout: PixelLayout,
-    bytes: Vec<u8>,
-    /// The input's (width, height).
-    input_size: (usize, usize),
-    stats: Stats,
-}
-
 /// Reads `input` and restores it into the layout `output`'s format stores. A signal during the restore is an
 /// [`Interrupted`] error.
 fn restore_file(
@@ -455,18 +446,10 @@ fn restore_file(
     output: &Path,
     options: &RestoreOptions,
     interrupt: &Interrupt,
-) -> Result<Restored, Box<dyn std::error::Error>> {
-    let (layout, pixels) = imagefile::read(input)?;
-    let (width, height) = restorer.output_size(layout.width, layout.height, options.scale.unwrap_or(1.0))?;
-    let out_layout = imagefile::output_layout(output, &layout, width, height)?;
-    let mut restored = dpir::pixels::zeroed(out_layout.validate()?)?;
-    let stats = restorer.restore_pixels(
-        &Pixels::new(layout, &pixels)?,
-        &mut PixelsMut::new(out_layout, &mut restored)?,
-        options,
-    );
+) -> Result<RestoredFile, Box<dyn std::error::Error>> {
+    let restored = imagefile::restore(restorer, input, output, options);
     interrupt.check()?;
-    Ok(Restored { layout: out_layout, bytes: restored, input_size: (layout.width, layout.height), stats: stats? })
+    Ok(restored?)
 }
 
 /// One file into another, replacing it, with the starting noise saved on request.
@@ -491,7 +474,7 @@ fn restore_single(
         imagefile::write_atomically(&path, &bytes)?;
     }
     interrupt.check()?; // a signal during the noise file: the output is not written
-    imagefile::write(&job.output, &restored.layout, &restored.bytes)?;
+    restored.write(&job.output)?;
     if !quiet {
         let (stats, layout) = (&restored.stats, &restored.layout);
         eprintln!(
@@ -569,7 +552,7 @@ fn restore_batch(
             if let Some(folder) = job.output.parent().filter(|f| !f.as_os_str().is_empty()) {
                 std::fs::create_dir_all(folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
             }
-            imagefile::write(&job.output, &r.layout, &r.bytes)?;
+            r.write(&job.output)?;
             Ok(r)
         });
         files.inc(1);

@@ -151,6 +151,21 @@ class Restorer:
         out = self._native.restore(array, options, progress, cancel)
         return back(out)
 
+    def restore_file(
+        self,
+        input: os.PathLike | str,
+        output: os.PathLike | str,
+        *,
+        progress: Optional[Callable[[Progress], Optional[bool]]] = None,
+        cancel: Optional[CancelToken] = None,
+        **options: Any,
+    ) -> Tuple[int, int]:
+        """Restores the image file `input` (PNG, JPEG, TIFF; 8 or 16 bit) into `output` exactly as
+        `dpir restore` does: the format of output's extension, the input's channels and bit depth, alpha carried
+        through, the file written whole or not at all (an existing one is replaced). Returns the output's
+        (width, height). Options as for `restore`."""
+        return self._native.restore_file(Path(input), Path(output), options, progress, cancel)
+
     def restore_region(
         self,
         image: Any,

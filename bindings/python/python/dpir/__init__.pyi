@@ -97,6 +97,15 @@ class Restorer:
     ) -> Pixels: ...
     @overload
     def restore(self, image: object, **options: object) -> object: ...
+    def restore_file(
+        self,
+        input: Union[os.PathLike, str],
+        output: Union[os.PathLike, str],
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        **options: object,
+    ) -> Tuple[int, int]: ...
     def restore_region(
         self,
         image: npt.NDArray,
