@@ -90,7 +90,8 @@ def main() -> None:
         for workers in (1, 2):
             jobs = dpir.batch.files(folder, scratch / f"ray{workers}")
             threads = 2 // workers  # the machine's cores shared between the workers
-            results[f"Ray, {workers} worker{'s' if workers > 1 else ''} ({threads} thread{'s' if threads > 1 else ''} each)"] = timed(
+            name = f"Ray, {workers} worker(s) of {threads} thread(s)"
+            results[name] = timed(
                 lambda: dpir.ray.restore(jobs, args.model, workers=workers, threads=threads, steps=args.steps)
             )
         ray.shutdown()
