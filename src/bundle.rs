@@ -73,6 +73,26 @@ pub struct Manifest {
     pub scheduler: SchedulerSpec,
     /// Defaults of the restore options.
     pub defaults: Defaults,
+    /// Where the converter took the weights from where the release offers a choice; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Where a converted bundle's weights came from, as the converter records it. Later converters may add fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Provenance {
+    /// Whose decoder `vae_decoder.onnx` holds: "dpir" (the degradation-robust VAE's own, which the official
+    /// script decodes with) or "sd3" (SD3's, which DPIR's training froze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_decoder: Option<String>,
+    /// The transformer's position embedding: "checkpoint" (saved with the weights) or "regenerated" (the sincos
+    /// grid of the architecture, for checkpoints without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_embed: Option<String>,
+    /// How far a saved position embedding is from the regenerated grid (largest absolute difference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_embed_vs_grid: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -565,6 +585,22 @@ pub(crate) fn load_prompt(dir: &Path, manifest: &Manifest, name: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provenance_is_optional_and_open_to_new_fields() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("dpir.json")).unwrap()).unwrap();
+        let without: Manifest = serde_json::from_value(json.clone()).unwrap();
+        assert!(without.provenance.is_none());
+        assert!(!serde_json::to_string(&without).unwrap().contains("provenance"));
+        json["provenance"] =
+            serde_json::json!({"vae_decoder": "dpir", "pos_embed": "checkpoint", "pos_embed_vs_grid": 0.0, "later": 1});
+        let with: Manifest = serde_json::from_value(json).unwrap();
+        let provenance = with.provenance.unwrap();
+        assert_eq!(provenance.vae_decoder.as_deref(), Some("dpir"));
+        assert_eq!((provenance.pos_embed.as_deref(), provenance.pos_embed_vs_grid), (Some("checkpoint"), Some(0.0)));
+    }
 
     #[test]
     fn tensorrt_profiles_cover_the_shapes_dpir_feeds() {

@@ -144,10 +144,18 @@ sources=(--sd3 "$m/stable-diffusion-3-medium-diffusers" --dpir-transformer "$m/d
 echo "== converter: fp32 bundle with t5.onnx; graph checks and four restores (plain, guided + prompt + upscaled,"
 echo "   CLIP on the initial restoration, caption through t5.onnx) against the PyTorch reference"
 $xpy -m dpir_export "${sources[@]}" --dtype fp32 --out "$xdir/tiny-fp32" --export-t5 --verify-extended
-echo "== converter: fp16 bundle, weights as external data, one process per step"
+echo "== converter: fp16 bundle with SD3's decoder, weights as external data, one process per step"
 DPIR_EXPORT_EXTERNAL_BYTES=100000 $xpy -m dpir_export "${sources[@]}" --dtype fp16 --out "$xdir/tiny-fp16" \
-    --isolate always
+    --isolate always --vae-decoder sd3
 test -f "$xdir/tiny-fp16/transformer.onnx.data"
+$xpy - "$xdir" <<'PY'
+import json, sys
+# The tiny degradation-robust VAE has a decoder of its own: exported by default, SD3's when asked.
+for bundle, decoder in (("tiny-fp32", "dpir"), ("tiny-fp16", "sd3")):
+    provenance = json.load(open(f"{sys.argv[1]}/{bundle}/dpir.json"))["provenance"]
+    assert provenance == {"vae_decoder": decoder, "pos_embed": "regenerated"}, (bundle, provenance)
+print("manifests record the decoder exported (dpir by default, sd3 when asked) and the regenerated pos_embed")
+PY
 echo "== converter: bf16 bundle (bfloat16 weights and boundaries, float32 arithmetic)"
 $xpy -m dpir_export "${sources[@]}" --dtype bf16 --out "$xdir/tiny-bf16"
 echo "== converter: fp16 bundle at opset 23 (attention as the standard Attention op), checks and a restore"

@@ -9,9 +9,12 @@
 * the LQ branch is three convolutions + GroupNorms with the spec's strides, widths and groups;
 * checkpoints load from consolidated.00-of-01.pth (module.) and from a save_pretrained directory alike;
 * a checkpoint with a missing key, an extra key or a wrong shape is refused with a message listing them;
-* an encoder-only degradation-robust VAE checkpoint loads.
+* an encoder-only degradation-robust VAE checkpoint loads;
+* the decoder exported is the degradation-robust VAE's when it differs from SD3's, SD3's when equal or absent;
+* a saved position embedding is kept, compared with the sincos grid and warned about when it differs.
 """
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpir_export import models  # noqa: E402
+from dpir_export import graphs, models, provenance  # noqa: E402
 from dpir_export.weights import CheckpointError, read_state_dict  # noqa: E402
 
 FAILURES = []
@@ -126,6 +129,45 @@ def main(tiny):
             a = models.VaeEncoderGraph(vae)(img)[0]
             b = models.VaeEncoderGraph(full)(img)[0]
         check("an encoder-only VAE checkpoint loads", vae.decoder is None and torch.equal(a, b))
+
+        # 8. Whose decoder: the degradation-robust VAE's when it has one that differs from SD3's (the tiny models'
+        # two VAEs are initialised apart), SD3's when it is equal, absent, or asked for.
+        shutil.copytree(sd3 / "vae", tmp / "same-vae")
+        choose = lambda vae, wanted="auto": provenance.choose_decoder(vae, sd3, wanted, log=quiet)  # noqa: E731
+        check("a degradation-robust VAE with a decoder of its own exports it; --vae-decoder sd3 takes SD3's",
+              choose(tiny / "dr-vae") == "dpir" and choose(tiny / "dr-vae", "sd3") == "sd3")
+        check("a decoder equal to SD3's, or none, exports SD3's",
+              choose(tmp / "same-vae") == "sd3" and choose(tmp / "enc.pth") == "sd3")
+        try:
+            choose(tmp / "enc.pth", "dpir")
+            check("--vae-decoder dpir without decoder weights is refused", False, "it was accepted")
+        except CheckpointError as e:
+            check("--vae-decoder dpir without decoder weights is refused", "no decoder weights" in str(e))
+        job = {"args": {"vae_encoder": str(tiny / "dr-vae"), "sd3": str(sd3), "vae_decoder": "auto"}}
+        z = torch.randn(1, vae.config.latent_channels, 4, 6)
+        with torch.no_grad():
+            decoder = graphs.load_module("vae_decoder", job, log=quiet)
+            exported = decoder(z)
+            dpir_decoder = models.VaeDecoderGraph(full)(z)
+            sd3_decoder = models.VaeDecoderGraph(models.load_vae_decoder(sd3, log=quiet))(z)
+        check("the exported decoder is the degradation-robust VAE's, and its module says so",
+              decoder.provenance == {"vae_decoder": "dpir"} and torch.equal(exported, dpir_decoder)
+              and not torch.equal(exported, sd3_decoder))
+
+        # 9. The position embedding: regenerated when the checkpoint lacks it, compared with the grid when not.
+        check("a checkpoint without pos_embed has it regenerated, and says so",
+              model.pos_embed_source == {"pos_embed": "regenerated"})
+        check("a saved pos_embed equal to the grid is kept and recorded as such",
+              other.pos_embed_source == {"pos_embed": "checkpoint", "pos_embed_vs_grid": 0.0}, str(other.pos_embed_source))
+        shifted = {f"module.{k}": v for k, v in read_state_dict(ckpt).items()}
+        shifted["module.pos_embed.pos_embed"] = model.pos_embed.pos_embed + 0.25
+        torch.save(shifted, tmp / "shifted.pth")
+        said = []
+        loaded = models.load_transformer(sd3, tmp / "shifted.pth", log=said.append)
+        difference = loaded.pos_embed_source.get("pos_embed_vs_grid", 0.0)
+        check("a saved pos_embed that is not the grid is kept, measured and warned about",
+              abs(difference - 0.25) < 1e-6 and any("differs from the sincos grid" in line for line in said)
+              and torch.equal(loaded.pos_embed.pos_embed, shifted["module.pos_embed.pos_embed"]), f"{difference:.3g}")
 
     if FAILURES:
         raise SystemExit(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")

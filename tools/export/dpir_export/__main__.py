@@ -53,6 +53,9 @@ def parse(argv):
     out.add_argument("--default-prompt", default="zeros", help="text.default: 'zeros' or a --prompt NAME")
     out.add_argument("--export-t5", action="store_true",
                      help="also write t5.onnx + tokenizer.json, so that any caption can be encoded at run time")
+    out.add_argument("--vae-decoder", choices=["auto", "dpir", "sd3"], default="auto",
+                     help="whose decoder to export: auto takes the degradation-robust VAE's when it has one that "
+                          "differs from SD3's (as the official script decodes), else SD3's")
     out.add_argument("--vae-compute", choices=["fp32", "dtype"], default="fp32",
                      help="the VAE computes in float32 inside (official default) or in --dtype")
     out.add_argument("--opset", type=int, choices=[18, 23], default=18,
@@ -267,6 +270,9 @@ def main(argv=None):
         if job["prompts"] or args.export_t5:
             print("[text] T5", flush=True)
             run("prompts")
+        # What the export steps chose or found: the decoder's source, the position embedding's.
+        man["provenance"] = {k: v for f in ("vae_decoder.json", "pos_embed.json") for k, v in
+                             json.loads((work / f).read_text()).items()}
         Path(args.out, "dpir.json").write_text(json.dumps(man, indent=2) + "\n")
 
         checks, restores = [], []

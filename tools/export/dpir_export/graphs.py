@@ -13,13 +13,14 @@ transformer's `timestep`, float32 in every dtype: see models.TransformerGraph):
   inputs and outputs are bfloat16. The VAE stays float32 inside.
 """
 
+import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from . import models
+from . import models, provenance
 
 TWO_GB = 2 * 1024 ** 3
 
@@ -39,13 +40,23 @@ def load_module(name, job, log=print):
         vae, _ = models.load_vae_encoder(a["vae_encoder"], a["sd3"], log=log)
         return models.VaeEncoderGraph(vae)
     if name == "vae_decoder":
-        return models.VaeDecoderGraph(models.load_vae_decoder(a["sd3"], log=log))
+        source = provenance.choose_decoder(a["vae_encoder"], a["sd3"], a.get("vae_decoder", "auto"), log=log)
+        if source == "dpir":
+            vae, _ = models.load_vae_encoder(a["vae_encoder"], a["sd3"], log=log)
+        else:
+            vae = models.load_vae_decoder(a["sd3"], log=log)
+        graph = models.VaeDecoderGraph(vae)
+        graph.provenance = {"vae_decoder": source}
+        return graph
     if name == "clip_local":
         return models.ClipLocalGraph(models.load_clip(a["clip_b32"], log=log))
     if name == "clip_global":
         return models.ClipGlobalGraph(models.load_clip(a["clip_bigg"], log=log))
     if name == "transformer":
-        return models.TransformerGraph(models.load_transformer(a["sd3"], a["dpir_transformer"], log=log))
+        transformer = models.load_transformer(a["sd3"], a["dpir_transformer"], log=log)
+        graph = models.TransformerGraph(transformer)
+        graph.provenance = transformer.pos_embed_source
+        return graph
     if name == "t5":
         return models.T5Graph(models.load_t5(job["t5"], log=log)[0])
     raise ValueError(name)
@@ -163,7 +174,12 @@ def export(name, job, out_dir, log=print):
     """Export graph `name` into out_dir/name.onnx (+ name.onnx.data when over 2 GB)."""
     start = time.perf_counter()
     manifest = job["manifest"]
-    module = prepare(load_module(name, job, log=log), name, job)
+    loaded = load_module(name, job, log=log)
+    # Whose decoder, and where the position embedding came from: for the manifest's provenance.
+    files = {"vae_decoder": "vae_decoder.json", "transformer": "pos_embed.json"}
+    if name in files:
+        (Path(job["work"]) / files[name]).write_text(json.dumps(loaded.provenance))
+    module = prepare(loaded, name, job)
     io = module.io_dtype
     inputs = io_inputs(name, example_inputs(name, manifest, batch=2, size_index=1), io)
     kept = "".join(f", {n} float32" for n in module.float32_inputs)

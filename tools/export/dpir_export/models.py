@@ -137,8 +137,21 @@ def load_transformer(sd3_dir, dpir_path, log=print):
     full_config = dict(model.config)
     materialise(model, {"pos_embed.pos_embed": lambda: sincos_pos_embed(full_config)})
     if absent:
+        model.pos_embed_source = {"pos_embed": "regenerated"}
         log("  transformer: pos_embed.pos_embed not in the checkpoint, regenerated from the config")
+    else:
+        # The official loader overwrites the buffer from a file the release does not ship (pos_embed.t5); keep the
+        # checkpoint's, and say whether it is the sincos grid the architecture defines.
+        difference = (model.pos_embed.pos_embed - sincos_pos_embed(full_config)).abs().max().item()
+        model.pos_embed_source = {"pos_embed": "checkpoint", "pos_embed_vs_grid": difference}
+        if difference > POS_EMBED_TOLERANCE:
+            log(f"  transformer: warning: the checkpoint's pos_embed differs from the sincos grid by up to "
+                f"{difference:.3g}; the bundle keeps the checkpoint's")
     return model.eval().requires_grad_(False)
+
+
+# A saved position embedding that is the sincos grid, recomputed in float32 elsewhere, differs by rounding only.
+POS_EMBED_TOLERANCE = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------- VAE
@@ -160,7 +173,7 @@ def vae_config(sd3_dir):
 
 
 def load_vae_decoder(sd3_dir, log=print):
-    """SD3's VAE (the decoder is frozen in DPIR)."""
+    """SD3's VAE, whose decoder DPIR's training froze."""
     config = vae_config(sd3_dir)
     vae = _vae(config)
     state = read_state_dict(Path(sd3_dir) / "vae")
