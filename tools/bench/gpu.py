@@ -165,7 +165,9 @@ def pytorch(args, manifest, image, noise):
     from dpir_export import graphs, reference
 
     device = torch.device(args.device)
-    job = {"args": sources(args.models)}
+    # The decoder the bundle holds (the converter records it), so that both pipelines decode alike.
+    decoder = manifest.get("provenance", {}).get("vae_decoder", "auto")
+    job = {"args": dict(sources(args.models), vae_decoder=decoder)}
     started = time.perf_counter()
     modules = {}
     for name in ("vae_encoder", "vae_decoder", "clip_local", "clip_global", "transformer"):
