@@ -66,7 +66,7 @@
 /**
  * Minor version of the dpir.h a program was compiled with.
  */
-#define DPIR_VERSION_MINOR 2
+#define DPIR_VERSION_MINOR 3
 
 /**
  * Patch version of the dpir.h a program was compiled with.
@@ -591,6 +591,12 @@ typedef struct dpir_restore_options {
      * (default) for one tile overlap. No effect in independent mode.
      */
     int32_t context_margin;
+    /**
+     * Nonzero sizes the output as the paper's test script does ("the paper's setting": the long side 1024
+     * pixels, each side a multiple of 8), overriding `scale`. Default 0. Since 0.3; it sits in what was the
+     * struct's tail padding, so the struct's size is unchanged: check `dpir_version()` before relying on it.
+     */
+    uint32_t paper_size;
 } dpir_restore_options;
 
 /**

@@ -135,7 +135,7 @@ impl RestoredFile {
 /// Reads the image file `input` and restores it into what `output`'s format stores, as `dpir restore` does.
 pub fn restore(restorer: &Restorer, input: &Path, output: &Path, options: &RestoreOptions) -> Result<RestoredFile> {
     let (layout, pixels) = read(input)?;
-    let (width, height) = restorer.output_size(layout.width, layout.height, options.scale.unwrap_or(1.0))?;
+    let (width, height) = restorer.output_size_for(layout.width, layout.height, options)?;
     let stored = output_layout(output, &layout, width, height)?;
     let mut bytes = crate::pixels::zeroed(stored.validate()?)?;
     let stats =

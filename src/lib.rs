@@ -44,7 +44,7 @@ mod tiled;
 pub use bundle::{default_model_dir, ClipInput, ColorFix, Manifest};
 pub use error::{Error, ErrorKind, Result};
 pub use frame::Frame;
-pub use options::{RestoreOptions, TileMode};
+pub use options::{paper_size, RestoreOptions, TileMode};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
 pub use rect::Rect;

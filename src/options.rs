@@ -20,6 +20,9 @@ use crate::runtime::ExecutionProvider;
 pub struct RestoreOptions {
     /// Output size / input size, > 0. Default 1.
     pub scale: Option<f32>,
+    /// Size the output as the paper's test script does ([`paper_size`]: the long side 1024 pixels, each side a
+    /// multiple of 8) instead of by `scale`, which it overrides. Default: off.
+    pub paper_size: bool,
     /// Denoising steps, >= 1. Default: the bundle's (28 for the real model).
     pub steps: Option<usize>,
     /// Seed of the starting noise (and of the posterior draw). Default: the bundle's (1234).
@@ -117,6 +120,12 @@ impl RestoreOptions {
         self
     }
 
+    /// Sets the `paper_size` field (see there).
+    pub fn paper_size(mut self, value: bool) -> RestoreOptions {
+        self.paper_size = value;
+        self
+    }
+
     /// Sets the `sample_posterior` field (see there).
     pub fn sample_posterior(mut self, value: bool) -> RestoreOptions {
         self.sample_posterior = value;
@@ -145,6 +154,7 @@ impl std::fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreOptions")
             .field("scale", &self.scale)
+            .field("paper_size", &self.paper_size)
             .field("steps", &self.steps)
             .field("seed", &self.seed)
             .field("guidance", &self.guidance)
@@ -188,7 +198,7 @@ impl Settings {
     pub(crate) fn resolve(model: &Model, options: &RestoreOptions, frame_in: (usize, usize)) -> Result<Settings> {
         let m = model.manifest();
         let d = &m.defaults;
-        let scale = options.scale.unwrap_or(1.0);
+        let mut scale = options.scale.unwrap_or(1.0);
         check_scale(scale)?;
         let steps = options.steps.unwrap_or(m.scheduler.steps);
         if !bundle::STEPS.contains(&steps) {
@@ -235,7 +245,16 @@ impl Settings {
                 "context margin must be at most {MAX_SIDE} pixels, got {context_margin}"
             )));
         }
-        let output = model.output_size(frame_in.0, frame_in.1, scale)?;
+        let output = match options.paper_size {
+            false => model.output_size(frame_in.0, frame_in.1, scale)?,
+            true => {
+                model.output_size(frame_in.0, frame_in.1, 1.0)?; // the input's own checks
+                let output = paper_size(frame_in.0, frame_in.1);
+                // The horizontal scale stands for both where one number is needed (reading a global context).
+                scale = output.0 as f32 / frame_in.0 as f32;
+                output
+            }
+        };
         if let Some(noise) = &options.noise {
             let (width, height) = m.latent_size(output.0, output.1);
             let want = (1, m.latent.channels, height, width);
@@ -273,6 +292,31 @@ impl Settings {
     }
 }
 
+/// The output (width, height) the paper's test script restores a `width x height` input at ("the paper's
+/// setting"): the long side becomes 1024 pixels and the short side keeps the aspect ratio (Python's floor division,
+/// or truncation, as the script computes it), then each side is rounded to the nearest multiple of 8, halves to even
+/// as NumPy rounds (at least 8).
+pub fn paper_size(width: usize, height: usize) -> (usize, usize) {
+    const LONG: f64 = 1024.0;
+    let (w, h) = (width.max(1) as f64, height.max(1) as f64);
+    let aspect = w / h;
+    let (w, h) = if w >= h { (LONG, python_floor_div(LONG, aspect)) } else { ((LONG * aspect).trunc(), LONG) };
+    let to_multiple = |v: f64| ((v / 8.0).round_ties_even() as usize * 8).max(8);
+    (to_multiple(w), to_multiple(h))
+}
+
+/// Python's `a // b` for positive floats (CPython's float floor division), which may differ from `floor(a / b)`
+/// in the last place.
+fn python_floor_div(a: f64, b: f64) -> f64 {
+    let div = (a - a % b) / b;
+    let floor = div.floor();
+    if div - floor > 0.5 {
+        floor + 1.0
+    } else {
+        floor
+    }
+}
+
 /// Refuses, before any work, what TensorRT engines are not built for (the shapes of `Manifest::profile`), which
 /// would otherwise fail mid-restore: tiles over the default tile, transformer batches over
 /// [`bundle::TENSORRT_MAX_BATCH`] samples, and joint-mode context margins over the VAE's.
@@ -304,6 +348,39 @@ fn tensorrt_fits(m: &Manifest, tile: usize, batch: usize, guided: bool, joint_ma
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn paper_size_is_the_official_scripts() {
+        // (input, output) as the script's keep_ratio_resize(long_size=1024) computes them, ties and floor division
+        // included.
+        for (input, output) in [
+            ((1000, 750), (1024, 768)),
+            ((750, 1000), (768, 1024)),
+            ((1024, 1024), (1024, 1024)),
+            ((512, 512), (1024, 1024)),
+            ((4000, 3000), (1024, 768)),
+            ((1920, 1080), (1024, 576)),
+            ((1080, 1920), (576, 1024)),
+            ((1000, 333), (1024, 336)),
+            ((640, 427), (1024, 680)),
+            ((427, 640), (680, 1024)),
+            ((100, 99), (1024, 1016)),
+            ((99, 100), (1016, 1024)),
+            ((4096, 2731), (1024, 680)),
+            ((1234, 567), (1024, 472)),
+            ((567, 1234), (472, 1024)),
+            ((7, 5), (1024, 728)),
+            ((5, 1), (1024, 208)),
+            ((7, 2), (1024, 288)),
+            ((2, 7), (288, 1024)),
+            ((8, 5), (1024, 640)),
+            ((16, 11), (1024, 704)),
+            ((11, 16), (704, 1024)),
+        ] {
+            assert_eq!(paper_size(input.0, input.1), output, "{input:?}");
+        }
+        assert_eq!(paper_size(60000, 1), (1024, 8), "never below 8 pixels");
+    }
 
     #[test]
     fn tensorrt_refuses_shapes_its_engines_are_not_built_for() {

@@ -255,4 +255,10 @@ impl Restorer {
     pub fn output_size(&self, width: usize, height: usize, scale: f32) -> Result<(usize, usize)> {
         self.model.output_size(width, height, scale)
     }
+
+    /// The output (width, height) a restore of a `width x height` input with these options makes: the input's
+    /// times the scale, or [`paper_size`](crate::paper_size) with [`RestoreOptions::paper_size`].
+    pub fn output_size_for(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<(usize, usize)> {
+        Ok(Settings::resolve(&self.model, options, (width, height))?.output)
+    }
 }

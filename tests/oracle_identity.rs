@@ -64,6 +64,37 @@ fn upscaling_returns_the_lanczos_upsampling() {
     assert!(diff < 0.03, "max diff {diff} from the densely sampled picture");
 }
 
+/// The paper's setting sizes the output as the official script does (long side 1024, multiples of 8), whatever
+/// the scale, and restores exactly as a scale giving that size would; the CLI takes it as `--paper-size`, which
+/// excludes `--scale`.
+#[test]
+fn the_papers_size_is_the_official_scripts() {
+    let oracle = restorer("oracle");
+    let input = picture(75, 100);
+    let paper = RestoreOptions::new().paper_size(true).scale(3.0).steps(1);
+    assert_eq!(oracle.output_size_for(100, 75, &paper).unwrap(), (1024, 768));
+    assert_eq!(oracle.requirements(100, 75, &paper).unwrap().output_size, (1024, 768));
+    let out = oracle.restore(&input, &paper).unwrap();
+    let scaled = oracle.restore(&input, &RestoreOptions::new().scale(10.24).steps(1)).unwrap();
+    assert_eq!((out.width(), out.height()), (1024, 768));
+    assert_eq!(out.rgb(), scaled.rgb());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, restored) = (dir.path().join("in.png"), dir.path().join("out.png"));
+    common::write_png(&source, &picture(30, 20));
+    let run = |extra: &[&str]| {
+        common::run(
+            common::cli().arg("restore").arg(&source).arg(&restored).args(["--steps", "1", "--quiet"]).args(extra),
+        )
+    };
+    assert!(run(&["--paper-size"]).status.success());
+    let (layout, _) = dpir::imagefile::read(&restored).unwrap();
+    assert_eq!((layout.width, layout.height), dpir::paper_size(20, 30));
+    assert_eq!((layout.width, layout.height), (680, 1024));
+    let both = run(&["--paper-size", "--scale", "2"]);
+    assert_eq!(both.status.code(), Some(2), "{}", String::from_utf8_lossy(&both.stderr));
+}
+
 /// `picture(h, w)` evaluated at the centres of a finer grid.
 fn picture_at(height: usize, width: usize, base_h: usize, base_w: usize) -> Array3<f32> {
     Array3::from_shape_fn((3, height, width), |(c, y, x)| {

@@ -222,6 +222,10 @@ pub struct dpir_restore_options {
     /// Joint-mode region restores: pixels of surrounding frame sampled with the region, 0..65536, or -1
     /// (default) for one tile overlap. No effect in independent mode.
     pub context_margin: i32,
+    /// Nonzero sizes the output as the paper's test script does ("the paper's setting": the long side 1024
+    /// pixels, each side a multiple of 8), overriding `scale`. Default 0. Since 0.3; it sits in what was the
+    /// struct's tail padding, so the struct's size is unchanged: check `dpir_version()` before relying on it.
+    pub paper_size: u32,
 }
 
 impl Versioned for dpir_restore_options {
@@ -248,6 +252,7 @@ impl Versioned for dpir_restore_options {
             tile_overlap: -1,
             tile_batch: 0,
             context_margin: -1,
+            paper_size: 0,
         }
     }
 }
@@ -365,6 +370,7 @@ pub(crate) unsafe fn restore_options(ptr: *const dpir_restore_options) -> Outcom
     let control = unsafe { control(options.progress, options.progress_user_data, options.cancel) };
     let rust = RestoreOptions {
         scale: Some(options.scale),
+        paper_size: options.paper_size != 0,
         steps: (options.steps != 0).then_some(options.steps as usize),
         seed: (options.seed != DPIR_SEED_DEFAULT).then_some(options.seed),
         guidance: (options.guidance != 0.0).then_some(options.guidance),

@@ -377,6 +377,10 @@ static void test_info_and_requirements(dpir_restorer *oracle) {
     CHECK(needs.size == sizeof needs && needs.output_width == 128 && needs.output_height == 96);
     CHECK(needs.pixel_multiple >= 1 && needs.max_pass_size >= needs.pixel_multiple && needs.tiles >= 1);
     CHECK(needs.estimated_bytes > 0);
+    options.paper_size = 1; /* the paper's setting: long side 1024, multiples of 8, whatever the scale */
+    EXPECT(DPIR_STATUS_OK, dpir_get_requirements(oracle, 1000, 750, &options, &needs, sizeof needs));
+    CHECK(needs.output_width == 1024 && needs.output_height == 768);
+    options.paper_size = 0;
     EXPECT(DPIR_STATUS_OK, dpir_get_requirements(oracle, 64, 48, NULL, &needs, sizeof needs));
     CHECK(needs.output_width == 64 && needs.output_height == 48);
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_get_requirements(NULL, 64, 48, NULL, &needs, sizeof needs));

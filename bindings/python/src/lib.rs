@@ -142,8 +142,8 @@ impl Restorer {
     ) -> PyResult<Bound<'py, PyUntypedArray>> {
         let source = source_layout(image)?;
         let mut options = restore_options(options)?;
-        let scale = options.scale.unwrap_or(1.0);
-        let (width, height) = self.inner.output_size(source.width, source.height, scale).map_err(|e| error(py, e))?;
+        let (width, height) =
+            self.inner.output_size_for(source.width, source.height, &options).map_err(|e| error(py, e))?;
         let failure = watch(&mut options, progress, cancel);
         let (out, mut dest) = new_array(py, &source, width, height)?;
         // SAFETY: the source array lives (and is borrowed) for the call; layout spans its memory.
@@ -413,6 +413,7 @@ fn restore_options(given: &Bound<'_, PyDict>) -> PyResult<RestoreOptions> {
         }
         match key.as_str() {
             "scale" => options.scale = Some(value.extract()?),
+            "paper_size" => options.paper_size = value.extract()?,
             "steps" => options.steps = Some(value.extract()?),
             "seed" => options.seed = Some(value.extract()?),
             "guidance" => options.guidance = Some(value.extract()?),
@@ -450,6 +451,13 @@ fn restore_options(given: &Bound<'_, PyDict>) -> PyResult<RestoreOptions> {
     Ok(options)
 }
 
+/// The output (width, height) the paper's test script restores a `width x height` input at: the long side 1024
+/// pixels, each side a multiple of 8 ("the paper's setting"; the restore option `paper_size=True`).
+#[pyfunction]
+fn paper_size(width: usize, height: usize) -> (usize, usize) {
+    dpir::paper_size(width, height)
+}
+
 fn choice(name: &str, value: &str, expected: &str) -> PyErr {
     PyValueError::new_err(format!("{name} must be {expected}, got {value:?}"))
 }
@@ -459,6 +467,7 @@ fn _dpir(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Restorer>()?;
     m.add_class::<CancelFlag>()?;
     m.add_class::<ProgressReport>()?;
+    m.add_function(wrap_pyfunction!(paper_size, m)?)?;
     m.add("Error", m.py().get_type::<Error>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

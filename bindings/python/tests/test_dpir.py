@@ -97,6 +97,14 @@ def test_a_region_equals_that_part_of_the_whole_restore(tiny):
     assert np.array_equal(region, whole[13:33, 9:39])
 
 
+def test_the_papers_size(oracle):
+    assert dpir.paper_size(1000, 750) == (1024, 768) and dpir.paper_size(1080, 1920) == (576, 1024)
+    restored = oracle.restore(picture(75, 100, 3, np.uint8), paper_size=True, steps=1)
+    assert restored.shape == (768, 1024, 3)
+    with pytest.raises(ValueError, match="exclude each other"):
+        oracle.restore(picture(75, 100, 3, np.uint8), paper_size=True, scale=2)
+
+
 def test_defaults_and_info(tiny):
     defaults = tiny.defaults
     assert defaults["steps"] == tiny.manifest["scheduler"]["steps"]

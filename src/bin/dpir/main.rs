@@ -74,6 +74,10 @@ enum Command {
         /// Output size / input size.
         #[arg(long, default_value_t = 1.0)]
         scale: f32,
+        /// Size the output as the paper's test script does, instead of --scale: the long side 1024 pixels, each
+        /// side a multiple of 8.
+        #[arg(long, conflicts_with = "scale")]
+        paper_size: bool,
         /// Denoising steps (default: the bundle's).
         #[arg(long)]
         steps: Option<usize>,
@@ -301,6 +305,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             seed_per_frame,
             model,
             scale,
+            paper_size,
             steps,
             seed,
             guidance,
@@ -335,7 +340,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
             let noise = noise.map(|path| imagefile::read_noise(&path)).transpose()?;
-            let mut options = RestoreOptions::new().scale(scale).sample_posterior(sample_posterior);
+            let mut options =
+                RestoreOptions::new().scale(scale).paper_size(paper_size).sample_posterior(sample_posterior);
             options.tile_mode = match tile_mode {
                 TileModeArg::Independent => TileMode::Independent,
                 TileModeArg::Joint => TileMode::Joint,

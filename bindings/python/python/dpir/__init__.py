@@ -19,9 +19,10 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from . import _dpir
-from ._dpir import Error, Progress
+from ._dpir import Error, Progress, paper_size
 
-__all__ = ["Restorer", "CancelToken", "Error", "Progress", "onnxruntime_library", "default_model", "__version__"]
+__all__ = ["Restorer", "CancelToken", "Error", "Progress", "paper_size", "onnxruntime_library", "default_model",
+           "__version__"]
 __version__ = _dpir.__version__
 
 # Cancels the restores it is passed to, from any thread, before their next model call.
@@ -138,7 +139,9 @@ class Restorer:
         image. Returns a new array of the same dtype and channels (a Pillow image for a Pillow image), sized by
         `scale`.
 
-        Options (unset ones take the bundle's defaults, see `defaults`): scale, steps, seed, guidance, prompt,
+        Options (unset ones take the bundle's defaults, see `defaults`): scale, paper_size (True sizes the output
+        as the paper's test script does, long side 1024 and sides multiples of 8, instead of scale), steps, seed,
+        guidance, prompt,
         prompt_text, clip_input ("lq" or "initial-restoration"), color_fix ("wavelet" or "none"),
         sample_posterior, tile_mode ("independent" or "joint"), tile_size, tile_overlap (latent samples),
         tile_batch, context_margin (pixels).
@@ -147,6 +150,7 @@ class Restorer:
         returning False or raising cancels it (the exception propagates). Ctrl-C cancels it too and raises
         KeyboardInterrupt. The array is read where it lies when its rows are packed; otherwise a copy is made.
         """
+        _check_sizing(options)
         array, back = _as_array(image)
         out = self._native.restore(array, options, progress, cancel)
         return back(out)
@@ -164,6 +168,7 @@ class Restorer:
         `dpir restore` does: the format of output's extension, the input's channels and bit depth, alpha carried
         through, the file written whole or not at all (an existing one is replaced). Returns the output's
         (width, height). Options as for `restore`."""
+        _check_sizing(options)
         return self._native.restore_file(Path(input), Path(output), options, progress, cancel)
 
     def restore_region(
@@ -192,6 +197,11 @@ class Restorer:
 
     def __repr__(self) -> str:
         return f"dpir.Restorer({str(self.bundle)!r}, provider={self.provider!r})"
+
+
+def _check_sizing(options: dict) -> None:
+    if options.get("paper_size") and options.get("scale") is not None:
+        raise ValueError("scale and paper_size exclude each other: paper_size sets the output size")
 
 
 def _as_array(image: Any) -> Tuple[np.ndarray, Callable[[np.ndarray], Any]]:

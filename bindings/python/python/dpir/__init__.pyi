@@ -35,6 +35,7 @@ class CancelToken:
 ProgressCallback = Callable[[Progress], Optional[bool]]
 
 def onnxruntime_library() -> Optional[Path]: ...
+def paper_size(width: int, height: int) -> Tuple[int, int]: ...
 def default_model() -> Optional[Path]: ...
 
 class Restorer:
@@ -65,6 +66,7 @@ class Restorer:
         height: int,
         *,
         scale: Optional[float] = None,
+        paper_size: bool = False,
         steps: Optional[int] = None,
         guidance: Optional[float] = None,
         tile_mode: Optional[Literal["independent", "joint"]] = None,
@@ -81,6 +83,7 @@ class Restorer:
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
         scale: Optional[float] = None,
+        paper_size: bool = False,
         steps: Optional[int] = None,
         seed: Optional[int] = None,
         guidance: Optional[float] = None,
