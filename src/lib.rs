@@ -47,6 +47,7 @@ pub use frame::Frame;
 pub use options::{paper_size, RestoreOptions, TileMode};
 pub use pixels::{AlphaMode, Image, PixelLayout, Pixels, PixelsMut, SampleType, Transfer};
 pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
+pub use prompt::clip_pixels;
 pub use rect::Rect;
 pub use restore::{Region, Requirements, Restoration, Restorer};
 pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo, MAX_THREADS};

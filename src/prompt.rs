@@ -9,7 +9,7 @@ use crate::model::{Conditioning, Features, Model};
 use crate::options::Settings;
 use crate::plan::{relative, Rect};
 use crate::progress::{tracing, Call};
-use crate::resample::{resize, Filter};
+use crate::resample::{resize_u8, Filter};
 use crate::source::FrameSource;
 
 /// What every tile of a frame shares in its conditioning: one summary token per global tile of the context
@@ -53,7 +53,7 @@ impl FramePrompt {
                 Some(frame) => CowArray::from(frame.slice(s![.., rect.y..rect.bottom(), rect.x..rect.right()])),
                 None => CowArray::from(clip_image(model, context, rect, settings, call)?),
             };
-            crops.push(preprocess(image.view(), clip));
+            crops.push(clip_pixels(image.view(), clip));
         }
         if tracing() {
             eprintln!("dpir trace: global prompt of a {width}x{height} context, {} CLIP crops", crops.len());
@@ -82,7 +82,7 @@ impl FramePrompt {
         let local = match reused {
             Some(features) => features,
             None => {
-                let crop = preprocess(sees()?.view(), &model.manifest().clip);
+                let crop = clip_pixels(sees()?.view(), &model.manifest().clip);
                 model.clip(&[crop], call)?.remove(0)
             }
         };
@@ -118,9 +118,13 @@ fn clip_image(
     }
 }
 
-/// CLIP preprocessing of a (3, H, W) image in [0, 1]: shortest side to `image_size` (bicubic), centre crop,
-/// normalise. Returns (3, S, S).
-pub fn preprocess(image: ArrayView3<'_, f32>, clip: &ClipSpec) -> Array3<f32> {
+/// What CLIP sees of a (3, H, W) image in [0, 1], as the official code's `CLIPImageProcessor` (the
+/// transformers 4.x processor, on the 8-bit images it was given) computes it: the image in 8 bits
+/// (`floor(x * 255 + 0.5)`), its
+/// shortest side resized to `image_size` with Pillow's 8-bit bicubic (the long side truncated), the centre
+/// `image_size` square, scaled by 1/255 and normalised with the manifest's mean and std in float32. Returns
+/// (3, S, S).
+pub fn clip_pixels(image: ArrayView3<'_, f32>, clip: &ClipSpec) -> Array3<f32> {
     let size = clip.image_size;
     let (_, h, w) = image.dim();
     let (nh, nw) = if h <= w {
@@ -128,13 +132,14 @@ pub fn preprocess(image: ArrayView3<'_, f32>, clip: &ClipSpec) -> Array3<f32> {
     } else {
         ((size as f64 * h as f64 / w as f64) as usize, size)
     };
-    let resized = resize(image, nh.max(size), nw.max(size), Filter::Bicubic);
+    let eight_bit = image.mapv(|v| (v.clamp(0.0, 1.0) * 255.0 + 0.5).floor() as u8);
+    let resized = resize_u8(eight_bit.view(), nh.max(size), nw.max(size), Filter::Bicubic);
     let (top, left) = ((resized.dim().1 - size) / 2, (resized.dim().2 - size) / 2);
-    let mut crop = resized.slice(s![.., top..top + size, left..left + size]).to_owned();
-    for (c, mut plane) in crop.axis_iter_mut(Axis(0)).enumerate() {
-        plane.mapv_inplace(|v| (v - clip.mean[c]) / clip.std[c]);
-    }
-    crop
+    let crop = resized.slice(s![.., top..top + size, left..left + size]);
+    Array3::from_shape_fn((3, size, size), |(c, y, x)| {
+        let unit = (crop[[c, y, x]] as f64 * (1.0 / 255.0)) as f32;
+        (unit - clip.mean[c]) / clip.std[c]
+    })
 }
 
 /// Starts of the tiles covering `length` with tiles of `tile` and the given overlap; the last tile is snapped to
@@ -219,7 +224,7 @@ mod tests {
     fn preprocess_crops_the_centre_of_the_short_side_resize() {
         let clip = test_clip();
         let img = Array3::from_shape_fn((3, 100, 300), |(_, _, x)| x as f32 / 299.0);
-        let out = preprocess(img.view(), &clip);
+        let out = clip_pixels(img.view(), &clip);
         assert_eq!(out.dim(), (3, 224, 224));
         // Resized width 672; the crop keeps the middle third, so column values stay near the middle.
         let middle = out[[0, 112, 112]] * clip.std[0] + clip.mean[0];

@@ -1,4 +1,5 @@
-//! Separable image resampling in Pillow's convention (Lanczos-3 for upsampling, bicubic for CLIP).
+//! Separable image resampling in Pillow's convention (Lanczos-3 for upsampling, bicubic for CLIP), in float and, as
+//! Pillow resizes 8-bit images, in fixed point.
 //!
 //! Pillow's convention is the one the reference pipeline and the official preprocessing use, so matching it
 //! keeps the Rust pipeline comparable with them to float rounding.
@@ -81,8 +82,10 @@ pub(crate) fn coefficients(filter: Filter, n_in: usize, n_out: usize) -> Vec<Tap
 }
 
 /// Resizes planar channels (C, H, W) to (C, height, width): horizontally, then vertically, rounding to f32
-/// between the passes as Pillow does. No clamping: kernels with lobes can overshoot.
-pub fn resize(planes: ArrayView3<'_, f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
+/// between the passes as Pillow does. No clamping: kernels with lobes can overshoot. (The pipeline reads through
+/// `apply_columns` and `apply_rows` directly; this whole-image form tests them.)
+#[cfg(test)]
+fn resize(planes: ArrayView3<'_, f32>, height: usize, width: usize, filter: Filter) -> Array3<f32> {
     let (_, in_h, in_w) = planes.dim();
     let horizontal = if in_w == width {
         planes.to_owned()
@@ -142,6 +145,45 @@ pub(crate) fn apply_rows(planes: ArrayView3<'_, f32>, y0: usize, taps: &[&Taps])
     Array3::from_shape_vec((channels, n_out, w), out).expect("sized")
 }
 
+/// Fraction bits of Pillow's fixed-point weights for 8-bit images (`PRECISION_BITS`, 32 - 8 - 2).
+const PRECISION_BITS: u32 = 22;
+
+/// Resizes 8-bit planar channels (C, H, W) to (C, height, width) exactly as Pillow resizes an 8-bit image:
+/// weights rounded to 22-bit fixed point, each pass (horizontal, then vertical, each only when its size changes)
+/// rounded and clamped to 8 bits. CLIP's official preprocessing resizes this way.
+pub fn resize_u8(planes: ArrayView3<'_, u8>, height: usize, width: usize, filter: Filter) -> Array3<u8> {
+    let (channels, in_h, in_w) = planes.dim();
+    let horizontal = if in_w == width {
+        planes.to_owned()
+    } else {
+        let taps = fixed_point(&coefficients(filter, in_w, width));
+        Array3::from_shape_fn((channels, in_h, width), |(c, y, x)| {
+            let (lo, weights) = &taps[x];
+            to_u8(weights.iter().enumerate().map(|(k, &w)| planes[[c, y, lo + k]] as i64 * w).sum())
+        })
+    };
+    if in_h == height {
+        return horizontal;
+    }
+    let taps = fixed_point(&coefficients(filter, in_h, height));
+    Array3::from_shape_fn((channels, height, width), |(c, y, x)| {
+        let (lo, weights) = &taps[y];
+        to_u8(weights.iter().enumerate().map(|(k, &w)| horizontal[[c, lo + k, x]] as i64 * w).sum())
+    })
+}
+
+/// Pillow's `normalize_coeffs_8bpc`: each weight times 2^22, rounded half away from zero.
+fn fixed_point(taps: &[Taps]) -> Vec<(usize, Vec<i64>)> {
+    let one = (1i64 << PRECISION_BITS) as f64;
+    let round = |w: f64| if w < 0.0 { (w * one - 0.5) as i64 } else { (w * one + 0.5) as i64 };
+    taps.iter().map(|(lo, weights)| (*lo, weights.iter().map(|&w| round(w)).collect())).collect()
+}
+
+/// Pillow's `clip8` of an accumulated sum, which starts at one half.
+fn to_u8(sum: i64) -> u8 {
+    ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +229,17 @@ mod tests {
             let (fast, direct) = (resize(img.view(), h, w, filter), resize_direct(&img, h, w, filter));
             assert!(fast.iter().zip(&direct).all(|(a, b)| (a - b).abs() <= 1e-6), "{h}x{w} {filter:?}");
         }
+    }
+
+    #[test]
+    fn eight_bit_resizing_keeps_constants_and_stays_in_range() {
+        let flat = Array3::from_elem((3, 9, 13), 200u8);
+        assert!(resize_u8(flat.view(), 31, 4, Filter::Bicubic).iter().all(|&v| v == 200));
+        // A black and white checkerboard overshoots under bicubic lobes: clamped, never wrapped.
+        let board = Array3::from_shape_fn((1, 8, 8), |(_, y, x)| if (x + y) % 2 == 0 { 0u8 } else { 255 });
+        let up = resize_u8(board.view(), 21, 19, Filter::Bicubic);
+        assert!(up.iter().any(|&v| v == 0) && up.iter().any(|&v| v == 255));
+        assert_eq!(resize_u8(board.view(), 8, 8, Filter::Bicubic), board);
     }
 
     #[test]

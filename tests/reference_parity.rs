@@ -232,3 +232,44 @@ fn guided_joint_tiles_with_initial_restoration_match() {
         joint: Some(Joint { tile: 8, overlap: 4, batch: 3 }),
     });
 }
+
+/// What CLIP sees equals, bit for bit, what the official code's processor (transformers 4.x CLIPImageProcessor,
+/// Pillow's 8-bit bicubic) makes of the same 8-bit image: sizes and aspect ratios that upsample and downsample,
+/// odd crops, at the real model's 224 pixels and the tiny bundle's own size, mean and std.
+#[test]
+fn clip_pixels_equal_the_official_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [(37, 91), (91, 37), (224, 224), (300, 200), (200, 301), (1024, 768), (17, 17), (40, 300)];
+    let mut paths = Vec::new();
+    for (index, &(h, w)) in sizes.iter().enumerate() {
+        let pixels = ndarray::Array3::from_shape_fn((h, w, 3), |(y, x, c)| {
+            let smooth = 128.0 + 100.0 * ((x as f32 / 7.0 + c as f32).sin() * (y as f32 / 5.0).cos());
+            let grain = ((x * 31 + y * 17 + c * 7 + index) % 23) as f32 - 11.0;
+            (smooth + grain).clamp(0.0, 255.0) as u8
+        });
+        let path = dir.path().join(format!("image{index}.npy"));
+        ndarray_npy::write_npy(&path, &pixels).unwrap();
+        paths.push((path, pixels));
+    }
+    let mut real = bundle_manifest("tiny");
+    real.clip.image_size = 224;
+    for clip in [real.clip.clone(), bundle_manifest("tiny").clip] {
+        let mut command = Command::new(python());
+        command.arg(root().join("tools/reference/clip_processor.py")).args(["--size", &clip.image_size.to_string()]);
+        command.arg("--mean").args(clip.mean.map(|v| v.to_string())).arg("--std").args(clip.std.map(|v| v.to_string()));
+        let status = command.args(paths.iter().map(|(path, _)| path)).status().expect("the processor starts");
+        assert!(status.success(), "the official processor failed");
+        for (path, pixels) in &paths {
+            let planes = pixels.mapv(|v| v as f32 / 255.0).permuted_axes([2, 0, 1]);
+            let ours = dpir::clip_pixels(planes.view(), &clip);
+            let official: Array3<f32> = ndarray_npy::read_npy(path.with_extension("clip.npy")).unwrap();
+            let diff = max_abs_diff(&ours, &official);
+            assert_eq!(diff, 0.0, "{:?} at {} px: max abs difference {diff}", pixels.dim(), clip.image_size);
+        }
+    }
+}
+
+/// A fixture bundle's manifest, to change.
+fn bundle_manifest(name: &str) -> dpir::Manifest {
+    dpir::Manifest::load(&bundle(name)).unwrap()
+}

@@ -153,16 +153,19 @@ def clip_image(bundle, lq, z_lq, clip_input):
 
 
 def clip_preprocess(img, clip):
-    """Step 5: short side to S (int() truncation), bicubic (no clamp), centre crop S x S, normalise, NCHW."""
+    """Step 5, as the official CLIPImageProcessor does it to the 8-bit images it is given: the image in 8 bits
+    (floor(x * 255 + 0.5) in float32), short side to S (int() truncation) with Pillow's 8-bit bicubic, centre crop
+    S x S, times 1/255 in double then float32, normalised in float32, NCHW."""
     s = clip["image_size"]
     h, w = img.shape[:2]
     if h <= w:
         nh, nw = s, int(s * w / h)
     else:
         nw, nh = s, int(s * h / w)
-    x = resize(img, nh, nw, "bicubic")
+    eight_bit = np.floor(np.clip(img, 0, 1).astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    x = np.asarray(Image.fromarray(eight_bit, "RGB").resize((nw, nh), Image.Resampling.BICUBIC))
     top, left = (nh - s) // 2, (nw - s) // 2
-    x = x[top:top + s, left:left + s]
+    x = (x[top:top + s, left:left + s].astype(np.float64) * (1 / 255)).astype(np.float32)
     x = (x - np.asarray(clip["mean"], np.float32)) / np.asarray(clip["std"], np.float32)
     return to_nchw(x)
 

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 # ------------------------------------------------------------------------------------------------ resampler
@@ -87,15 +88,17 @@ def _decode(models, man, z, ho, wo):
 
 
 def _preprocess(img, clip):
+    """CLIP's input as the official CLIPImageProcessor makes it from an 8-bit image (PROCEDURE.md step 5)."""
     s = clip["image_size"]
     h, w = img.shape[:2]
     if h <= w:
         nh, nw = s, int(s * w / h)
     else:
         nw, nh = s, int(s * h / w)
-    x = resize(img, nh, nw, "bicubic")
+    eight_bit = np.floor(np.clip(img, 0, 1).astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    x = np.asarray(Image.fromarray(eight_bit, "RGB").resize((nw, nh), Image.Resampling.BICUBIC))
     top, left = (nh - s) // 2, (nw - s) // 2
-    x = x[top:top + s, left:left + s]
+    x = (x[top:top + s, left:left + s].astype(np.float64) * (1 / 255)).astype(np.float32)
     x = (x - np.asarray(clip["mean"], np.float32)) / np.asarray(clip["std"], np.float32)
     return _nchw(x)
 
