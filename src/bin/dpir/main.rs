@@ -203,7 +203,7 @@ struct Interrupted(i32);
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted by signal {}: nothing was written", self.0)
+        write!(f, "interrupted by signal {}: the image being restored was not written", self.0)
     }
 }
 
