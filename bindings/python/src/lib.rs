@@ -146,7 +146,7 @@ impl Restorer {
             self.inner.output_size_for(source.width, source.height, &options).map_err(|e| error(py, e))?;
         let failure = watch(&mut options, progress, cancel);
         let (out, mut dest) = new_array(py, &source, width, height)?;
-        // SAFETY: the source array lives (and is borrowed) for the call; layout spans its memory.
+        // SAFETY: the caller holds the array for the whole call, and the layout spans its memory.
         let bytes = unsafe { source_bytes(image, &source) };
         let restorer = self.inner.clone();
         let result = py.detach(|| {
@@ -200,7 +200,7 @@ impl Restorer {
         let mut options = restore_options(options)?;
         let failure = watch(&mut options, progress, cancel);
         let (out, mut dest) = new_array(py, &source, rect.2, rect.3)?;
-        // SAFETY: the arrays live (and are borrowed) for the call; each layout spans its array's memory.
+        // SAFETY: the caller holds the arrays for the whole call, and each layout spans its array's memory.
         let bytes = unsafe { source_bytes(image, &source) };
         let context_bytes = match (context, &context_layout) {
             // SAFETY: as above.
