@@ -120,10 +120,9 @@ fn clip_image(
 
 /// What CLIP sees of a (3, H, W) image in [0, 1], as the official code's `CLIPImageProcessor` (the
 /// transformers 4.x processor, on the 8-bit images it was given) computes it: the image in 8 bits
-/// (`floor(x * 255 + 0.5)`), its
-/// shortest side resized to `image_size` with Pillow's 8-bit bicubic (the long side truncated), the centre
-/// `image_size` square, scaled by 1/255 and normalised with the manifest's mean and std in float32. Returns
-/// (3, S, S).
+/// (`floor(x * 255 + 0.5)`), its shortest side resized to `image_size` with Pillow's 8-bit bicubic (the long side
+/// truncated), the centre `image_size` square, scaled by 1/255 and normalised with the manifest's mean and std in
+/// float32. Returns (3, S, S).
 pub fn clip_pixels(image: ArrayView3<'_, f32>, clip: &ClipSpec) -> Array3<f32> {
     let size = clip.image_size;
     let (_, h, w) = image.dim();

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{bundle, cli, picture, restorer, run, runtime_options, write_png};
+use common::{bundle, cli, picture, restorer, run, runtime_options, signal_after, write_png};
 use dpir::{ErrorKind, Image, PixelLayout, RestoreOptions, Restorer, SampleType};
 
 /// Runs `dpir restore` expecting failure; returns stderr. Checks the output was neither created nor touched.
@@ -265,33 +265,18 @@ fn large_images_are_read_within_a_settable_limit() {
 /// no temporary file and does not touch an existing output.
 #[test]
 fn an_interrupted_restore_writes_nothing_and_exits_with_the_signal() {
-    use std::io::{BufRead, Read};
     for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
         let dir = tempfile::tempdir().unwrap();
         let input = good_png(dir.path());
         let output = dir.path().join("out.png");
         fs::write(&output, b"keep me").unwrap();
         // Thousands of tiles and steps: minutes of work, stopped within one model call.
-        let mut child = cli()
-            .arg("restore")
-            .arg(&input)
-            .arg(&output)
-            .args(["--steps", "1000", "--scale", "4", "--tile-size", "2", "--tile-overlap", "0"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
+        let mut command = cli();
+        command.arg("restore").arg(&input).arg(&output);
+        command.args(["--steps", "1000", "--scale", "4", "--tile-size", "2", "--tile-overlap", "0"]);
         // "loaded ..." comes after the signal handlers are in place.
-        while stderr.read_line(&mut line).unwrap() > 0 && !line.starts_with("loaded") {
-            line.clear();
-        }
-        // SAFETY: a signal to our own child, which is still running (its stderr is open).
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        let mut rest = String::new();
-        stderr.read_to_string(&mut rest).unwrap();
-        let exit = child.wait().unwrap();
-        assert_eq!(exit.code(), Some(status), "signal {signal}: {rest}");
+        let (exit, rest) = signal_after(&mut command, "loaded", signal);
+        assert_eq!(exit, Some(status), "signal {signal}: {rest}");
         assert!(rest.contains(&format!("interrupted by signal {signal}")), "{rest}");
         assert_eq!(fs::read(&output).unwrap(), b"keep me", "the existing output is untouched");
         let mut left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

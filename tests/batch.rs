@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{bundle, cli, picture, run, write_png};
+use common::{bundle, cli, picture, run, signal_after, write_png};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -109,31 +109,16 @@ fn a_sequence_restores_the_same_frames_in_any_chunks() {
 /// written (nor any temporary file), the summary says what was not done, and the exit status is 128 + the signal.
 #[test]
 fn an_interrupted_batch_keeps_what_it_wrote() {
-    use std::io::{BufRead, Read};
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     fs::create_dir(&input).unwrap();
     write_png(&input.join("a.png"), &picture(8, 8));
     write_png(&input.join("b.png"), &picture(256, 256)); // a thousand steps of this take many seconds
-    let mut child = cli()
-        .arg("restore")
-        .arg(&input)
-        .arg(&output)
-        .args(["--steps", "1000", "--model"])
-        .arg(bundle("tiny"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 && !line.starts_with("[1/2]") {
-        line.clear();
-    }
-    // SAFETY: a signal to our own child, which is still running (its stderr is open).
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{line}{rest}");
+    let mut command = cli();
+    command.arg("restore").arg(&input).arg(&output).args(["--steps", "1000", "--model"]).arg(bundle("tiny"));
+    // "[1/2]" comes once the first file is written.
+    let (exit, rest) = signal_after(&mut command, "[1/2]", libc::SIGINT);
+    assert_eq!(exit, Some(130), "{rest}");
     assert!(rest.contains("restored 1, skipped 0, failed 0 of 2 files, 1 not done"), "{rest}");
     let written: Vec<_> = fs::read_dir(&output).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(written, ["a.png"], "only the finished file, and no temporary one");

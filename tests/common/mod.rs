@@ -49,6 +49,23 @@ pub fn run(command: &mut Command) -> Output {
     command.output().expect("the CLI starts")
 }
 
+/// Runs `command`, sends it `signal` once a line of its stderr starts with `after`, and returns its exit code
+/// with the rest of its stderr.
+pub fn signal_after(command: &mut Command, after: &str, signal: i32) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().expect("the CLI starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.starts_with(after) {
+        line.clear();
+    }
+    // SAFETY: a signal to our own child, which is still running (its stderr is open).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (child.wait().unwrap().code(), rest)
+}
+
 /// The reference pipeline's Python: $DPIR_PYTHON or the project's venv.
 pub fn python() -> PathBuf {
     let path =
