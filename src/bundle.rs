@@ -76,6 +76,43 @@ pub struct Manifest {
     /// Where the converter took the weights from where the release offers a choice; informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// The widths the memory estimate needs; bundles without them are taken for DPIR on SD3-medium
+    /// ([`Manifest::architecture`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<Architecture>,
+}
+
+/// What the memory estimate needs to know of the graphs beyond their inputs: the sizes that set how much memory
+/// their activations take. Written by the converter; informational, never checked against the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Architecture {
+    /// The transformer's attention heads (24 for SD3-medium).
+    pub transformer_heads: usize,
+    /// The transformer's hidden width (1536 for SD3-medium).
+    pub transformer_width: usize,
+    /// The VAE's channels at full resolution, where its largest activations are (256 for SD3's: the last
+    /// upsampler's).
+    pub vae_width: usize,
+    /// Whether the VAE has self-attention over the latent samples (SD3's mid-block does).
+    pub vae_attention: bool,
+    /// Tokens per crop of the larger CLIP tower (257 for ViT-bigG/14 at 224 pixels).
+    pub clip_crop_tokens: usize,
+    /// Hidden width of the larger CLIP tower (1664 for ViT-bigG/14).
+    pub clip_width: usize,
+}
+
+impl Architecture {
+    /// DPIR's: SD3-medium's transformer and VAE, CLIP ViT-bigG/14 as the larger tower.
+    pub const SD3_MEDIUM: Architecture = Architecture {
+        transformer_heads: 24,
+        transformer_width: 1536,
+        vae_width: 256,
+        vae_attention: true,
+        clip_crop_tokens: 257,
+        clip_width: 1664,
+    };
 }
 
 /// Where a converted bundle's weights came from, as the converter records it. Later converters may add fields.
@@ -484,6 +521,12 @@ impl Manifest {
     pub fn latent_size(&self, width: usize, height: usize) -> (usize, usize) {
         let (multiple, patch) = (self.pixel_multiple(), self.transformer.patch_size);
         (width.div_ceil(multiple) * patch, height.div_ceil(multiple) * patch)
+    }
+
+    /// The widths of the graphs that set their activations' memory: the manifest's, or SD3-medium's when it
+    /// has none.
+    pub fn architecture(&self) -> Architecture {
+        self.architecture.unwrap_or(Architecture::SD3_MEDIUM)
     }
 
     /// The tile side, in latent samples, when the options leave it unset: `latent_tile`, capped at one pass.

@@ -82,6 +82,11 @@ pub enum Error {
     #[error("image too large: {0}")]
     TooLarge(String),
 
+    /// The restore does not fit the memory budget, or ONNX Runtime could not allocate memory for a run (after
+    /// one retry with a smaller tile). The message names the memory it needed.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -127,6 +132,8 @@ pub enum ErrorKind {
     InvalidOptions,
     /// The image is too large.
     TooLarge,
+    /// The restore needs more memory than the budget or the device has.
+    OutOfMemory,
     /// A file could not be read or written.
     Io,
     /// The model produced NaN, infinity or black.
@@ -146,6 +153,7 @@ impl Error {
             Error::InvalidImage(_) => ErrorKind::InvalidImage,
             Error::InvalidOptions(_) => ErrorKind::InvalidOptions,
             Error::TooLarge(_) => ErrorKind::TooLarge,
+            Error::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Error::Io { .. } | Error::ImageFile { .. } => ErrorKind::Io,
             Error::BadOutput(_) => ErrorKind::BadOutput,
             Error::Cancelled => ErrorKind::Cancelled,

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use ndarray::Array4;
 
 use crate::error::{Error, Result};
+use crate::memory::Need;
 use crate::model::Model;
 use crate::options::{RestoreOptions, Settings};
 use crate::pixels::{zeroed, PixelLayout, Pixels, PixelsMut};
 use crate::plan::{check_region, Plan, Rect};
 use crate::progress::{Call, Control, Progress, Stage, Stats};
 use crate::prompt::FramePrompt;
+use crate::residency::Phase;
 use crate::source::{FrameSource, Sink, SourceData};
 use crate::tiled::{self, Render};
 
@@ -25,6 +27,7 @@ pub struct Frame {
     /// The input frame's (width, height); the output's is the plan's.
     frame_in: (usize, usize),
     plan: Plan,
+    need: Need,
     prompt: FramePrompt,
     noise: Option<Array4<f32>>,
 }
@@ -42,10 +45,12 @@ impl Frame {
         call: &Call,
     ) -> Result<Frame> {
         let plan = Plan::new(model.manifest(), settings.output, &settings)?;
+        let need = Need::of(model.manifest(), &settings, &plan, model.execution_provider());
+        model.enter(Phase::Prompt, need.working(Phase::Prompt));
         let text = model.text_block(options.prompt.as_deref(), options.prompt_text.as_deref(), call)?;
         call.report(Progress::per_tile(Stage::Prompt, 0, settings.steps, 1, plan.tiles.len()))?;
         let prompt = FramePrompt::new(model, context, is_frame, text, &settings, call)?;
-        Ok(Frame { model: model.clone(), settings, frame_in, plan, prompt, noise: options.noise.clone() })
+        Ok(Frame { model: model.clone(), settings, frame_in, plan, need, prompt, noise: options.noise.clone() })
     }
 
     /// The input frame's (width, height).
@@ -108,6 +113,7 @@ impl Frame {
             settings: &self.settings,
             plan: &self.plan,
             prompt: &self.prompt,
+            need: &self.need,
             noise: self.noise.as_ref(),
             source,
             rect,

@@ -24,6 +24,7 @@ pub mod ffi;
 mod frame;
 #[cfg(feature = "image-io")]
 pub mod imagefile;
+mod memory;
 mod model;
 mod noise;
 mod npy;
@@ -34,6 +35,7 @@ mod progress;
 mod prompt;
 mod rect;
 mod resample;
+mod residency;
 mod restore;
 mod runtime;
 mod sample;

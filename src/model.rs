@@ -2,31 +2,32 @@
 //! (encode, decode, CLIP features, velocity) plus the text block.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 
 use crate::bundle::{self, Manifest, Role};
 use crate::error::{Error, Result};
+use crate::memory::Weights;
 use crate::noise::{latent_noise, Stream};
 use crate::pixels::MAX_SIDE;
 use crate::progress::Call;
 use crate::rect::Rect;
+use crate::residency::{Group, Phase, Residency, Slot};
 use crate::runtime::{
     self, ExecutionProvider, Graph, GraphHints, Resident, Runtime, RuntimeOptions, SessionTimer, TensorInfo,
 };
 
 /// A loaded bundle. Shareable between threads: graph runs are serialised per graph, and everything else is
-/// read-only.
+/// read-only but which graphs are loaded ([`Residency`]).
 pub(crate) struct Model {
     dir: PathBuf,
     manifest: Manifest,
     runtime: Runtime,
-    vae_encoder: Graph,
-    vae_decoder: Graph,
-    clip_local: Graph,
-    clip_global: Graph,
-    transformer: Graph,
-    text_encoder: Option<TextEncoder>,
+    graphs: Residency,
+    /// The text encoder's tokenizer, when the bundle has one (its graph is the last slot).
+    tokenizer: Option<tokenizers::Tokenizer>,
+    weights: Weights,
 }
 
 /// What the two CLIP towers say about one image: `clip_local`'s tokens (Tl, Dl) and `clip_global`'s embedding
@@ -65,7 +66,8 @@ pub(crate) struct StepInputs {
 }
 
 impl Model {
-    /// Loads the bundle in `dir`, validating the manifest against every graph.
+    /// Loads the bundle in `dir`, validating the manifest against every graph. Within a memory budget, graphs
+    /// that do not fit beside the ones loaded before them are released once checked.
     pub(crate) fn load(dir: &Path, options: &RuntimeOptions) -> Result<Model> {
         let dir = dir.to_path_buf();
         let manifest = Manifest::load(&dir)?;
@@ -75,31 +77,46 @@ impl Model {
                 return Err(Error::bundle(&file, "graph file is missing"));
             }
         }
-        let files: Vec<PathBuf> = Role::ALL.iter().map(|role| dir.join(role.file_name())).collect();
-        let bundle_key = runtime::bundle_key(&dir, &manifest.name, &manifest.dtype, &files);
-        let hints = |role: Role| GraphHints { profile: manifest.profile(role), bundle_key: bundle_key.clone() };
-        let (runtime, transformer) =
-            Runtime::new(options, &dir.join(Role::Transformer.file_name()), &hints(Role::Transformer))?;
-        let load = |role: Role| runtime.load(&dir.join(role.file_name()), &hints(role));
-        let (vae_encoder, vae_decoder) = (load(Role::VaeEncoder)?, load(Role::VaeDecoder)?);
-        let (clip_local, clip_global) = (load(Role::ClipLocal)?, load(Role::ClipGlobal)?);
-        let text_encoder = TextEncoder::load(&dir, &manifest, &runtime, &bundle_key)?;
-        let model = Model {
-            dir,
-            manifest,
-            runtime,
-            vae_encoder,
-            vae_decoder,
-            clip_local,
-            clip_global,
-            transformer,
-            text_encoder,
-        };
-        for role in Role::ALL {
-            model.manifest.check_graph(role, model.graph(role))?;
+        let mut files: Vec<PathBuf> = Role::ALL.iter().map(|role| dir.join(role.file_name())).collect();
+        let text_file = dir.join(bundle::TEXT_ENCODER_FILE);
+        let has_text = text_file.is_file();
+        if has_text {
+            files.push(text_file.clone());
         }
-        bundle::load_prompt(&model.dir, &model.manifest, &model.manifest.text.default)?;
-        Ok(model)
+        let bundle_key = runtime::bundle_key(&dir, &manifest.name, &manifest.dtype[..], &files[..Role::ALL.len()]);
+        let hints = |role: Option<Role>| GraphHints {
+            profile: role.map(|role| manifest.profile(role)).unwrap_or_default(),
+            bundle_key: bundle_key.clone(),
+        };
+        let mut graphs = Residency::new(options.memory_budget);
+        // The transformer first: its session settles the execution provider.
+        let (runtime, transformer) =
+            Runtime::new(options, &dir.join(Role::Transformer.file_name()), &hints(Some(Role::Transformer)))?;
+        manifest.check_graph(Role::Transformer, &transformer)?;
+        let transformer_hints = hints(Some(Role::Transformer));
+        graphs.add(Slot::new(Role::Transformer.file_name(), Group::Transformer, transformer_hints, transformer));
+        for role in [Role::VaeEncoder, Role::VaeDecoder, Role::ClipLocal, Role::ClipGlobal] {
+            let graph = runtime.load(&dir.join(role.file_name()), &hints(Some(role)))?;
+            manifest.check_graph(role, &graph)?;
+            let group = if matches!(role, Role::VaeEncoder | Role::VaeDecoder) { Group::Vae } else { Group::Encoders };
+            graphs.add(Slot::new(role.file_name(), group, hints(Some(role)), graph));
+        }
+        let tokenizer = if has_text {
+            let graph = runtime.load(&text_file, &hints(None))?;
+            manifest.check_text_encoder(&graph)?;
+            graphs.add(Slot::new(bundle::TEXT_ENCODER_FILE, Group::Encoders, hints(None), graph));
+            Some(load_tokenizer(&dir, &manifest)?)
+        } else {
+            None
+        };
+        let resident = |group| Weights::resident(graphs.weights(group), &manifest.dtype, &runtime.provider);
+        let weights = Weights {
+            vae: resident(Group::Vae),
+            encoders: resident(Group::Encoders),
+            transformer: resident(Group::Transformer),
+        };
+        bundle::load_prompt(&dir, &manifest, &manifest.text.default)?;
+        Ok(Model { dir, manifest, runtime, graphs, tokenizer, weights })
     }
 
     pub(crate) fn manifest(&self) -> &Manifest {
@@ -119,31 +136,38 @@ impl Model {
     }
 
     pub(crate) fn has_text_encoder(&self) -> bool {
-        self.text_encoder.is_some()
+        self.tokenizer.is_some()
     }
 
-    fn graph(&self, role: Role) -> &Graph {
-        match role {
-            Role::VaeEncoder => &self.vae_encoder,
-            Role::VaeDecoder => &self.vae_decoder,
-            Role::ClipLocal => &self.clip_local,
-            Role::ClipGlobal => &self.clip_global,
-            Role::Transformer => &self.transformer,
-        }
+    /// The memory budget, if any.
+    pub(crate) fn budget(&self) -> Option<u64> {
+        self.graphs.budget()
     }
 
-    /// Each loaded graph with its file name, the optional text encoder last.
-    pub(crate) fn graphs(&self) -> Vec<(&'static str, &Graph)> {
-        let graphs = Role::ALL.iter().map(|&role| (role.file_name(), self.graph(role)));
-        graphs.chain(self.text_encoder.as_ref().map(|t| (bundle::TEXT_ENCODER_FILE, &t.graph))).collect()
+    /// The weights' resident bytes, by group.
+    pub(crate) fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Makes room for `phase` within the budget; `working`: the bytes it needs beside the weights.
+    pub(crate) fn enter(&self, phase: Phase, working: u64) {
+        self.graphs.enter(phase, working)
+    }
+
+    /// A graph by file name, loaded if it was released.
+    fn graph(&self, name: &str) -> Result<Arc<Graph>> {
+        let index = self.graphs.slots().iter().position(|s| s.name == name).expect("a graph of the bundle");
+        self.graphs.graph(index, &self.runtime)
+    }
+
+    /// Each graph's slot, the optional text encoder last: its runs and loads.
+    pub(crate) fn slots(&self) -> &[Slot] {
+        self.graphs.slots()
     }
 
     /// Each graph's declared inputs and outputs, by file name.
     pub(crate) fn signatures(&self) -> Vec<(&'static str, Vec<TensorInfo>, Vec<TensorInfo>)> {
-        self.graphs()
-            .into_iter()
-            .map(|(file, graph)| (file, graph.inputs().to_vec(), graph.outputs().to_vec()))
-            .collect()
+        self.slots().iter().map(|slot| (slot.name, slot.inputs.clone(), slot.outputs.clone())).collect()
     }
 
     /// The output (width, height) for an input size and scale.
@@ -164,8 +188,11 @@ impl Model {
     /// bundle's default when `None`), or zeros.
     pub(crate) fn text_block(&self, prompt: Option<&str>, caption: Option<&str>, call: &Call) -> Result<Array2<f32>> {
         let m = &self.manifest;
-        match (caption, &self.text_encoder) {
-            (Some(caption), Some(encoder)) => encoder.encode(caption, m, call.counted()),
+        match (caption, &self.tokenizer) {
+            (Some(caption), Some(tokenizer)) => {
+                let graph = self.graph(bundle::TEXT_ENCODER_FILE)?;
+                encode_text(&graph, tokenizer, caption, m, call.counted())
+            }
             (Some(_), None) => Err(self.no_text_encoder()),
             (None, _) => bundle::load_prompt(&self.dir, m, prompt.unwrap_or(&m.text.default)),
         }
@@ -192,8 +219,8 @@ impl Model {
     ) -> Result<Array4<f32>> {
         let latent = &self.manifest.latent;
         let input = lq.mapv(|v| 2.0 * v - 1.0).insert_axis(Axis(0));
-        let mut out =
-            self.vae_encoder.run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
+        let encoder = self.graph(Role::VaeEncoder.file_name())?;
+        let mut out = encoder.run(&[("image", input.view().into_dyn())], &["mean", "logvar"], call.counted())?;
         let logvar = out.pop().expect("two outputs");
         let mut z: Array4<f32> = out.pop().expect("two outputs").into_dimensionality().map_err(|_| bad_rank("mean"))?;
         if let Some(seed) = posterior {
@@ -212,7 +239,8 @@ impl Model {
     pub(crate) fn decode(&self, z: ArrayView4<'_, f32>, keep: Rect, call: &Call) -> Result<Array3<f32>> {
         let latent = &self.manifest.latent;
         let input = z.mapv(|v| v / latent.scaling_factor + latent.shift_factor);
-        self.vae_decoder.run_with(&[("latent", input.view().into_dyn())], &["image"], call.counted(), |outputs| {
+        let decoder = self.graph(Role::VaeDecoder.file_name())?;
+        decoder.run_with(&[("latent", input.view().into_dyn())], &["image"], call.counted(), |outputs| {
             let image = outputs[0].view().into_dimensionality::<ndarray::Ix4>().map_err(|_| bad_rank("image"))?;
             let mut finite = true;
             let pixels = image.slice(s![0, .., keep.y..keep.bottom(), keep.x..keep.right()]).mapv(|v| {
@@ -231,8 +259,8 @@ impl Model {
         let views: Vec<_> = crops.iter().map(|c| c.view().insert_axis(Axis(0))).collect();
         let batch: Array4<f32> = concatenate(Axis(0), &views).expect("crops share one shape");
         let input = [("pixel_values", batch.view().into_dyn())];
-        let tokens = self.clip_local.run(&input, &["last_hidden_state"], call.counted())?;
-        let embeds = self.clip_global.run(&input, &["image_embeds"], call.counted())?;
+        let tokens = self.graph(Role::ClipLocal.file_name())?.run(&input, &["last_hidden_state"], call.counted())?;
+        let embeds = self.graph(Role::ClipGlobal.file_name())?.run(&input, &["image_embeds"], call.counted())?;
         let tokens: Array3<f32> = tokens.into_iter().next().unwrap().into_dimensionality().expect("validated rank 3");
         let embeds: Array2<f32> = embeds.into_iter().next().unwrap().into_dimensionality().expect("validated rank 2");
         Ok(tokens
@@ -262,7 +290,7 @@ impl Model {
             pooled = concatenate![Axis(0), pooled, Array2::zeros(pooled.raw_dim())];
             lq = concatenate![Axis(0), lq, z_lq];
         }
-        let graph = &self.transformer;
+        let graph = self.graph(Role::Transformer.file_name())?;
         let timer = call.counted();
         Ok(StepInputs {
             samples: conditions.len(),
@@ -288,7 +316,7 @@ impl Model {
         let z_in = if guided { concatenate![Axis(0), z, z] } else { z.to_owned() };
         let timestep = Array1::from_elem(z_in.dim().0, sigma * 1000.0);
         let before = call.in_session();
-        let out = self.transformer.run_resident(
+        let out = self.graph(Role::Transformer.file_name())?.run_resident(
             &[("hidden_states", z_in.view().into_dyn()), ("timestep", timestep.view().into_dyn())],
             &[
                 ("lq_latent", &fixed.lq_latent),
@@ -310,49 +338,40 @@ impl Model {
     }
 }
 
-/// The bundle's optional text encoder: T5 and its tokenizer.
-struct TextEncoder {
-    graph: Graph,
-    tokenizer: tokenizers::Tokenizer,
+/// The text encoder's tokenizer (`tokenizer.json`), padding and truncating to the text block.
+fn load_tokenizer(dir: &Path, manifest: &Manifest) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join(bundle::TOKENIZER_FILE);
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| Error::bundle(&path, format!("cannot read the text encoder's tokenizer: {e}")))?;
+    let length = manifest.text.tokens;
+    let pad_id = tokenizer.token_to_id("<pad>").unwrap_or(0);
+    let truncation = tokenizers::TruncationParams { max_length: length, ..Default::default() };
+    tokenizer.with_truncation(Some(truncation)).map_err(|e| Error::bundle(&path, e.to_string()))?;
+    tokenizer.with_padding(Some(tokenizers::PaddingParams {
+        strategy: tokenizers::PaddingStrategy::Fixed(length),
+        pad_id,
+        pad_token: "<pad>".into(),
+        ..Default::default()
+    }));
+    Ok(tokenizer)
 }
 
-impl TextEncoder {
-    /// Loads `t5.onnx` and `tokenizer.json` when the bundle has them; padding and truncation to the text block.
-    fn load(dir: &Path, manifest: &Manifest, runtime: &Runtime, bundle_key: &str) -> Result<Option<TextEncoder>> {
-        let file = dir.join(bundle::TEXT_ENCODER_FILE);
-        if !file.is_file() {
-            return Ok(None);
-        }
-        let graph = runtime.load(&file, &GraphHints { bundle_key: bundle_key.to_string(), ..Default::default() })?;
-        manifest.check_text_encoder(&graph)?;
-        let path = dir.join(bundle::TOKENIZER_FILE);
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::bundle(&path, format!("cannot read the text encoder's tokenizer: {e}")))?;
-        let length = manifest.text.tokens;
-        let pad_id = tokenizer.token_to_id("<pad>").unwrap_or(0);
-        let truncation = tokenizers::TruncationParams { max_length: length, ..Default::default() };
-        tokenizer.with_truncation(Some(truncation)).map_err(|e| Error::bundle(&path, e.to_string()))?;
-        tokenizer.with_padding(Some(tokenizers::PaddingParams {
-            strategy: tokenizers::PaddingStrategy::Fixed(length),
-            pad_id,
-            pad_token: "<pad>".into(),
-            ..Default::default()
-        }));
-        Ok(Some(TextEncoder { graph, tokenizer }))
-    }
-
-    /// The text block of a caption: (text tokens, text width).
-    fn encode(&self, text: &str, manifest: &Manifest, timer: &SessionTimer) -> Result<Array2<f32>> {
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| Error::InvalidOptions(format!("cannot tokenize the prompt text: {e}")))?;
-        let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
-        let shape = [1, manifest.text.tokens];
-        let hidden = self.graph.run_ids("input_ids", ids, &shape, "last_hidden_state", timer)?;
-        let hidden: Array3<f32> = hidden.into_dimensionality().map_err(|_| bad_rank("last_hidden_state"))?;
-        Ok(hidden.index_axis_move(Axis(0), 0))
-    }
+/// The text block of a caption through the text encoder `graph`: (text tokens, text width).
+fn encode_text(
+    graph: &Graph,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    manifest: &Manifest,
+    timer: &SessionTimer,
+) -> Result<Array2<f32>> {
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| Error::InvalidOptions(format!("cannot tokenize the prompt text: {e}")))?;
+    let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
+    let shape = [1, manifest.text.tokens];
+    let hidden = graph.run_ids("input_ids", ids, &shape, "last_hidden_state", timer)?;
+    let hidden: Array3<f32> = hidden.into_dimensionality().map_err(|_| bad_rank("last_hidden_state"))?;
+    Ok(hidden.index_axis_move(Axis(0), 0))
 }
 
 /// Refuses a scale that is not a positive finite number: an invalid option from every entry point, before any

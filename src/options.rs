@@ -6,6 +6,7 @@ use ndarray::Array4;
 
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, VAE_MARGIN};
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::model::{check_scale, Model};
 use crate::pixels::MAX_SIDE;
 use crate::progress::{CancelToken, Control, Progress, ProgressFn};
@@ -274,7 +275,7 @@ impl Settings {
                 (options.tile_mode == TileMode::Joint).then_some(context_margin),
             )?;
         }
-        Ok(Settings {
+        let mut settings = Settings {
             scale,
             output,
             steps,
@@ -288,7 +289,11 @@ impl Settings {
             overlap,
             batch,
             context_margin,
-        })
+        };
+        if let Some(budget) = model.budget() {
+            settings.tile = memory::fitting_tile(m, &settings, model.weights(), model.execution_provider(), budget)?;
+        }
+        Ok(settings)
     }
 }
 

@@ -53,6 +53,12 @@ impl Progress {
         Progress { stage, step, steps, tile, tiles, fraction: fraction.clamp(0.0, 1.0) }
     }
 
+    /// A report of the prompt stage at tile `tile` (from 1) of `tiles`: it comes before any tile is sampled, so
+    /// the bar has not moved yet.
+    pub(crate) fn prompt(steps: usize, tile: usize, tiles: usize) -> Progress {
+        Progress { stage: Stage::Prompt, step: 0, steps, tile, tiles, fraction: 0.0 }
+    }
+
     /// A report of tiles sampled together, every step visiting each tile: sampling fills the bar step by step.
     pub(crate) fn joint(stage: Stage, step: usize, steps: usize, tile: usize, tiles: usize) -> Progress {
         let fraction = match stage {
@@ -149,6 +155,8 @@ pub struct Stats {
     pub transformer_runs: usize,
     /// Sampling tiles rendered.
     pub tiles: usize,
+    /// The tile side (pixels) of a retry after ONNX Runtime ran out of memory with the planned one, if any.
+    pub retried_with_tile: Option<usize>,
 }
 
 /// The state of one call: its control, and the counters behind its [`Stats`].
@@ -159,6 +167,7 @@ pub(crate) struct Call<'a> {
     calls: Cell<usize>,
     transformer: Cell<(Duration, usize)>,
     tiles: Cell<usize>,
+    retried_with_tile: Cell<Option<usize>>,
 }
 
 impl<'a> Call<'a> {
@@ -170,6 +179,7 @@ impl<'a> Call<'a> {
             calls: Default::default(),
             transformer: Default::default(),
             tiles: Default::default(),
+            retried_with_tile: Default::default(),
         }
     }
 
@@ -207,6 +217,10 @@ impl<'a> Call<'a> {
         self.tiles.set(self.tiles.get() + 1);
     }
 
+    pub(crate) fn retried_with_tile(&self, pixels: usize) {
+        self.retried_with_tile.set(Some(pixels));
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             total: self.started.elapsed(),
@@ -215,6 +229,7 @@ impl<'a> Call<'a> {
             in_transformer: self.transformer.get().0,
             transformer_runs: self.transformer.get().1,
             tiles: self.tiles.get(),
+            retried_with_tile: self.retried_with_tile.get(),
         }
     }
 }

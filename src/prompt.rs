@@ -68,25 +68,25 @@ impl FramePrompt {
         Ok(FramePrompt { tokens, text, reusable })
     }
 
-    /// The conditioning of a tile whose visible pixels are `visible`: its own CLIP features of `sees` (what
-    /// CLIP sees of those pixels), reused when a global tile is the same rectangle, with the frame's global
-    /// tokens and text.
-    pub(crate) fn condition<'a>(
+    /// The CLIP features of a tile whose visible pixels are `visible`: of `sees` (what CLIP sees of those pixels),
+    /// or those of a global tile that is the same rectangle.
+    pub(crate) fn local_features<'a>(
         &self,
         model: &Model,
         visible: Rect,
         sees: impl FnOnce() -> Result<CowArray<'a, f32, Ix3>>,
         call: &Call,
-    ) -> Result<Conditioning> {
-        let reused = self.reusable.iter().find(|(rect, _)| *rect == visible).map(|(_, f)| f.clone());
-        let local = match reused {
-            Some(features) => features,
-            None => {
-                let crop = clip_pixels(sees()?.view(), &model.manifest().clip);
-                model.clip(&[crop], call)?.remove(0)
-            }
-        };
-        Ok(assemble(model.manifest(), &local, &self.tokens, &self.text))
+    ) -> Result<Features> {
+        if let Some((_, features)) = self.reusable.iter().find(|(rect, _)| *rect == visible) {
+            return Ok(features.clone());
+        }
+        let crop = clip_pixels(sees()?.view(), &model.manifest().clip);
+        Ok(model.clip(&[crop], call)?.remove(0))
+    }
+
+    /// The conditioning of a tile with its `local` features, the frame's global tokens and its text.
+    pub(crate) fn condition(&self, manifest: &Manifest, local: &Features) -> Conditioning {
+        assemble(manifest, local, &self.tokens, &self.text)
     }
 }
 

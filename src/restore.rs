@@ -7,8 +7,9 @@ use std::sync::Arc;
 use ndarray::Array4;
 
 use crate::bundle::Manifest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::frame::{check_region_call, Frame};
+use crate::memory::{self, Need};
 use crate::model::Model;
 use crate::noise::{latent_noise, Stream};
 use crate::options::{RestoreOptions, Settings};
@@ -72,8 +73,17 @@ pub struct Requirements {
     pub output_size: (usize, usize),
     /// Sampling tiles.
     pub tiles: usize,
-    /// Rough peak memory of the restore beyond the caller's buffers, in bytes (weights not included).
+    /// Estimated peak memory of the restore beyond the caller's buffers, in bytes: the weights loaded at that
+    /// moment, the largest model run's activations for the chosen tile, and dpir's own buffers. Resident memory
+    /// on the CPU; device memory on a GPU, where it is an upper bound.
     pub estimated_bytes: u64,
+    /// The part of `estimated_bytes` that is weights.
+    pub weights_bytes: u64,
+    /// The tile side, in pixels: the options' (or the bundle's default), or within a memory budget the largest
+    /// that fits.
+    pub tile_size: usize,
+    /// Whether, within the memory budget, the prompt encoders and the transformer take turns in memory.
+    pub releases_graphs: bool,
 }
 
 /// A loaded model bundle, ready to restore images. Shareable between threads (`Send + Sync`); each restore's
@@ -116,7 +126,13 @@ impl Restorer {
 
     /// Runs of each graph since the bundle was loaded, by file name, from every thread.
     pub fn graph_runs(&self) -> Vec<(&'static str, u64)> {
-        self.model.graphs().into_iter().map(|(file, graph)| (file, graph.runs())).collect()
+        self.model.slots().iter().map(|slot| (slot.name, slot.runs())).collect()
+    }
+
+    /// Times each graph was loaded since the bundle was, by file name: 1 each, unless a memory budget
+    /// ([`RuntimeOptions::memory_budget`]) had graphs released and loaded again.
+    pub fn graph_loads(&self) -> Vec<(&'static str, u64)> {
+        self.model.slots().iter().map(|slot| (slot.name, slot.loads())).collect()
     }
 
     /// Whether the bundle can encode captions ([`RestoreOptions::prompt_text`]).
@@ -136,12 +152,15 @@ impl Restorer {
         let settings = Settings::resolve(&self.model, options, frame_in)?;
         let (width, height) = settings.output;
         let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
-        let mut sink = ImageSink::new(width, height, image.alpha().is_some())?;
         let control = options.control();
         let call = Call::new(&control);
-        let frame = Frame::prepare(&self.model, settings, frame_in, &source, true, options, &call)?;
-        frame.render(&source, Rect::new(0, 0, width, height), &mut sink, &call)?;
-        let image = sink.finish();
+        let restored = self.retrying(settings, &call, |settings| {
+            let mut sink = ImageSink::new(width, height, image.alpha().is_some())?;
+            let frame = Frame::prepare(&self.model, settings, frame_in, &source, true, options, &call)?;
+            frame.render(&source, Rect::new(0, 0, width, height), &mut sink, &call)?;
+            Ok(sink.finish())
+        })?;
+        let image = restored;
         let noise = match &options.noise {
             Some(noise) => noise.clone(),
             None => self.starting_noise(frame_in.0, frame_in.1, options)?,
@@ -190,16 +209,57 @@ impl Restorer {
         let whole_crop = (crop.width, crop.height) == region.frame;
         let control = options.control();
         let call = Call::new(&control);
-        let frame = match (&region.context, whole_crop) {
-            (Some(context), _) => self.prepare(region.frame, *context, settings, options, &call)?,
-            (None, true) => {
-                let source = FrameSource::new(SourceData::Pixels(region.source), (0, 0), region.frame, (width, height));
-                Frame::prepare(&self.model, settings, region.frame, &source, true, options, &call)?
-            }
-            (None, false) => self.prepare(region.frame, region.source, settings, options, &call)?,
-        };
-        frame.restore_into(&region.source, region.origin, region.rect, dest, &call)?;
+        self.retrying(settings, &call, |settings| {
+            let frame = match (&region.context, whole_crop) {
+                (Some(context), _) => self.prepare(region.frame, *context, settings, options, &call)?,
+                (None, true) => {
+                    let source =
+                        FrameSource::new(SourceData::Pixels(region.source), (0, 0), region.frame, (width, height));
+                    Frame::prepare(&self.model, settings, region.frame, &source, true, options, &call)?
+                }
+                (None, false) => self.prepare(region.frame, region.source, settings, options, &call)?,
+            };
+            frame.restore_into(&region.source, region.origin, region.rect, dest, &call)
+        })?;
         Ok(call.stats())
+    }
+
+    /// Runs `attempt` with `settings` and, when ONNX Runtime runs out of memory, once more with a smaller tile,
+    /// saying so on stderr and in the call's stats. A second failure names the memory the smaller tile needs.
+    fn retrying<T>(&self, settings: Settings, call: &Call, mut attempt: impl FnMut(Settings) -> Result<T>) -> Result<T> {
+        let failure = match attempt(settings.clone()) {
+            Err(Error::OutOfMemory(failure)) => failure,
+            other => return other,
+        };
+        let d = self.manifest().latent.downscale;
+        let Some(tile) = memory::smaller_tile(self.manifest(), &settings) else {
+            return Err(Error::OutOfMemory(format!("{failure} (tiles of {} pixels, the smallest)", settings.tile * d)));
+        };
+        eprintln!(
+            "dpir: out of memory with tiles of {} pixels; retrying with tiles of {} pixels",
+            settings.tile * d,
+            tile * d
+        );
+        call.retried_with_tile(tile * d);
+        let smaller = Settings { tile, ..settings.clone() };
+        let need = self.estimate(&smaller)?;
+        attempt(smaller).map_err(|error| match error {
+            Error::OutOfMemory(again) => Error::OutOfMemory(format!(
+                "{again}; it ran out with tiles of {} pixels and again with {} pixels, which need about {} \
+                 (estimate): free that much memory, or set a memory budget (--max-memory) that dpir can hold",
+                settings.tile * d,
+                tile * d,
+                memory::gib(need)
+            )),
+            other => other,
+        })
+    }
+
+    /// The estimated peak bytes of a restore with `settings`.
+    fn estimate(&self, settings: &Settings) -> Result<u64> {
+        let plan = Plan::new(self.manifest(), settings.output, settings)?;
+        let need = Need::of(self.manifest(), settings, &plan, self.execution_provider());
+        Ok(need.peak(self.model.weights(), self.model.budget()).bytes)
     }
 
     /// Prepares a frame of `frame` (width, height) input pixels whose global prompt comes from `context`, the
@@ -242,12 +302,17 @@ impl Restorer {
         let settings = Settings::resolve(&self.model, options, (width, height))?;
         let output_size = settings.output;
         let plan = Plan::new(self.manifest(), output_size, &settings)?;
+        let peak = Need::of(self.manifest(), &settings, &plan, self.execution_provider())
+            .peak(self.model.weights(), self.model.budget());
         Ok(Requirements {
             pixel_multiple: self.manifest().pixel_multiple(),
             max_pass_size: self.manifest().max_pass_size(),
             output_size,
             tiles: plan.tiles.len(),
-            estimated_bytes: plan.estimated_bytes(self.manifest(), &settings),
+            estimated_bytes: peak.bytes,
+            weights_bytes: peak.weights,
+            tile_size: settings.tile * self.manifest().latent.downscale,
+            releases_graphs: peak.staged,
         })
     }
 

@@ -6,12 +6,14 @@ use ndarray::{s, Array2, Array3, Array4, ArrayView3, CowArray, Ix4, Zip};
 use crate::bundle::{ClipInput, ColorFix, VAE_MARGIN};
 use crate::colour::wavelet_fix;
 use crate::error::{Error, Result};
-use crate::model::{Conditioning, Model};
+use crate::memory::Need;
+use crate::model::{Conditioning, Features, Model};
 use crate::noise::{latent_noise, Stream};
 use crate::options::{Settings, TileMode};
 use crate::pixels::{copied, zeroed_plane, zeroed_planes, zeroed_rgb};
 use crate::plan::{blend_weights, check_region, grow_within, pixel_blend_weights, relative, Plan, Rect, Tile};
 use crate::progress::{Call, Progress, Stage};
+use crate::residency::Phase;
 use crate::prompt::FramePrompt;
 use crate::sample;
 use crate::source::{FrameSource, Sink, Upsampling};
@@ -22,6 +24,8 @@ pub(crate) struct Render<'a> {
     pub settings: &'a Settings,
     pub plan: &'a Plan,
     pub prompt: &'a FramePrompt,
+    /// What the stages need beside the weights, for the memory budget.
+    pub need: &'a Need,
     /// The caller's starting noise over the whole padded latent frame, replacing the seeded draws.
     pub noise: Option<&'a Array4<f32>>,
     pub source: &'a FrameSource<'a>,
@@ -44,33 +48,59 @@ pub(crate) fn region_of_interest(
 }
 
 impl Render<'_> {
-    /// Renders the rectangle into `sink`.
+    /// Renders the rectangle into `sink`: the tiles' prompts first, then each tile's sampling, so that within a
+    /// memory budget the encoders and the transformer need not be loaded at once.
     pub(crate) fn run(&self, sink: &mut dyn Sink) -> Result<()> {
         let wanted = self.plan.touching(self.rect);
         let mut band = Band::new(self.rect);
-        match self.settings.mode {
-            TileMode::Independent if self.plan.tiles.len() == 1 => {
-                // One tile is the whole frame: nothing to blend.
-                let tile = &self.plan.tiles[0];
-                let restored = self.independent_tile(tile, 0, 1)?;
-                let alpha = if self.source.has_alpha() { self.source.read(self.rect)?.1 } else { None };
-                let keep = restored.slice(window(relative(self.rect, tile.visible)));
-                sink.put((0, 0), keep, alpha.as_ref().map(|a| a.view()));
-                self.call.tile_done();
-                return Ok(());
-            }
-            TileMode::Joint => self.joint(&wanted, &mut band, sink)?,
-            _ => {
-                for (index, tile) in wanted.iter().enumerate() {
-                    // Rows above this tile's row are final: no later tile reaches them.
-                    band.flush_until(tile.pixels.y, self.source, sink)?;
-                    let restored = self.independent_tile(tile, index, wanted.len())?;
-                    band.add(tile.visible, &restored, &self.plan.weights(tile))?;
-                    self.call.tile_done();
-                }
-            }
+        if self.settings.mode == TileMode::Joint {
+            self.joint(&wanted, &mut band, sink)?;
+            return band.flush_until(usize::MAX, self.source, sink);
+        }
+        let prompts = self.prompts(&wanted)?;
+        self.model.enter(Phase::Sample, self.need.working(Phase::Sample));
+        if self.plan.tiles.len() == 1 {
+            // One tile is the whole frame: nothing to blend.
+            let tile = &self.plan.tiles[0];
+            let restored = self.independent_tile(tile, &prompts[0], 0, 1)?;
+            let alpha = if self.source.has_alpha() { self.source.read(self.rect)?.1 } else { None };
+            let keep = restored.slice(window(relative(self.rect, tile.visible)));
+            sink.put((0, 0), keep, alpha.as_ref().map(|a| a.view()));
+            self.call.tile_done();
+            return Ok(());
+        }
+        for (index, (tile, prompt)) in wanted.iter().zip(&prompts).enumerate() {
+            // Rows above this tile's row are final: no later tile reaches them.
+            band.flush_until(tile.pixels.y, self.source, sink)?;
+            let restored = self.independent_tile(tile, prompt, index, wanted.len())?;
+            band.add(tile.visible, &restored, &self.plan.weights(tile))?;
+            self.call.tile_done();
         }
         band.flush_until(usize::MAX, self.source, sink)
+    }
+
+    /// The prompt stage of `tiles`: each one's own CLIP features, from what CLIP sees of its visible pixels (the
+    /// LQ pixels, or the decoded input latent).
+    fn prompts(&self, tiles: &[Tile]) -> Result<Vec<Features>> {
+        self.model.enter(Phase::Prompt, self.need.working(Phase::Prompt));
+        let mut prompts = Vec::with_capacity(tiles.len());
+        for (index, tile) in tiles.iter().enumerate() {
+            self.call.report(Progress::prompt(self.settings.steps, index + 1, tiles.len()))?;
+            let sees = || match self.settings.clip_input {
+                ClipInput::Lq => {
+                    let rect = self.plan.encode_rect(tile.latent);
+                    let lq = self.source.read(rect)?.0;
+                    Ok(CowArray::from(lq.slice(window(relative(tile.visible, rect))).to_owned()))
+                }
+                ClipInput::InitialRestoration => {
+                    let (z_lq, _, _) = self.encode_tile(tile)?;
+                    let keep = relative(tile.visible, tile.pixels);
+                    Ok(CowArray::from(self.model.decode(z_lq.view(), keep, self.call)?))
+                }
+            };
+            prompts.push(self.prompt.local_features(self.model, tile.visible, sees, self.call)?);
+        }
+        Ok(prompts)
     }
 
     /// Reports `stage` of tile `index` (from 0) of `tiles`.
@@ -93,18 +123,6 @@ impl Render<'_> {
         let (y, x) = (at.y / d, at.x / d);
         let z_tile = z.slice(s![.., .., y..y + tile.latent.height, x..x + tile.latent.width]).to_owned();
         Ok((z_tile, lq, rect))
-    }
-
-    /// The conditioning of a tile, from what CLIP sees of its visible pixels: the LQ pixels, or the decoded input
-    /// latent.
-    fn condition(&self, tile: &Tile, lq: &Array3<f32>, lq_rect: Rect, z_lq: &Array4<f32>) -> Result<Conditioning> {
-        let sees = || match self.settings.clip_input {
-            ClipInput::Lq => Ok(CowArray::from(lq.slice(window(relative(tile.visible, lq_rect))))),
-            ClipInput::InitialRestoration => {
-                Ok(CowArray::from(self.model.decode(z_lq.view(), relative(tile.visible, tile.pixels), self.call)?))
-            }
-        };
-        self.prompt.condition(self.model, tile.visible, sees, self.call)
     }
 
     /// The starting noise over a latent rectangle: the caller's, or position-locked draws.
@@ -136,11 +154,10 @@ impl Render<'_> {
     }
 
     /// Samples, decodes and colour-fixes one tile on its own; returns its visible pixels.
-    fn independent_tile(&self, tile: &Tile, index: usize, tiles: usize) -> Result<Array3<f32>> {
+    fn independent_tile(&self, tile: &Tile, prompt: &Features, index: usize, tiles: usize) -> Result<Array3<f32>> {
         self.report(Stage::Encode, 0, index, tiles)?;
         let (z_lq, lq, lq_rect) = self.encode_tile(tile)?;
-        self.report(Stage::Prompt, 0, index, tiles)?;
-        let condition = self.condition(tile, &lq, lq_rect, &z_lq)?;
+        let condition = self.prompt.condition(self.model.manifest(), prompt);
         let noise = self.start_noise(tile.latent)?;
         let report = |step| self.report(Stage::Sample, step, index, tiles);
         let z = sample::tile(self.model, noise, z_lq.view(), &condition, self.settings, self.call, report)?;
@@ -159,22 +176,23 @@ impl Render<'_> {
         let (row0, col0) = (block[0].row, block[0].col);
         let channels = self.model.manifest().latent.channels;
         let at = |t: &Tile| relative(t.latent, block_rect);
+        let prompts = self.prompts(&block)?;
+        let conditions: Vec<Conditioning> =
+            prompts.iter().map(|p| self.prompt.condition(self.model.manifest(), p)).collect();
+        self.model.enter(Phase::Sample, self.need.working(Phase::Sample));
 
         // The input latent of the block: tiles encoded with margins, blended over their overlaps.
         let mut z_lq = zeroed_planes(Ix4(1, channels, block_rect.height, block_rect.width))?;
         let mut z_lq_weight = zeroed_plane(block_rect.height, block_rect.width)?;
-        let mut conditions = Vec::with_capacity(tiles);
         for (index, tile) in block.iter().enumerate() {
             self.report(Stage::Encode, 0, index, tiles)?;
-            let (z_tile, lq, lq_rect) = self.encode_tile(tile)?;
+            let (z_tile, _, _) = self.encode_tile(tile)?;
             let (wy, wx) = (blend_weights(&rows, tile.row - row0), blend_weights(&cols, tile.col - col0));
             let r = at(tile);
             let mut target = z_lq.slice_mut(s![.., .., r.y..r.bottom(), r.x..r.right()]);
             Zip::indexed(&mut target).and(&z_tile).for_each(|(_, _, y, x), t, &v| *t += wy[y] * wx[x] * v);
             let mut weight = z_lq_weight.slice_mut(s![r.y..r.bottom(), r.x..r.right()]);
             Zip::indexed(&mut weight).for_each(|(y, x), t| *t += wy[y] * wx[x]);
-            self.report(Stage::Prompt, 0, index, tiles)?;
-            conditions.push(self.condition(tile, &lq, lq_rect, &z_tile)?);
         }
         // A single tile's weights are exactly 1, and the division leaves its latent exact.
         Zip::indexed(&mut z_lq).for_each(|(_, _, y, x), v| *v /= z_lq_weight[[y, x]]);

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{bundle, cli, picture, restorer, run, runtime_options, signal_after, write_png};
+use common::{bundle, cli, limit_address_space, picture, restorer, run, runtime_options, signal_after, write_png};
 use dpir::{ErrorKind, Image, PixelLayout, RestoreOptions, Restorer, SampleType};
 
 /// Runs `dpir restore` expecting failure; returns stderr. Checks the output was neither created nor touched.
@@ -293,20 +293,6 @@ fn npy_bomb(path: &Path, shape: &str) {
     bytes.extend(header.as_bytes());
     bytes.extend([0u8; 64]);
     fs::write(path, bytes).unwrap();
-}
-
-/// `command` with its address space limited to `bytes`: an allocation past it fails, so a regression that would
-/// take the machine's memory aborts the child instead.
-fn limit_address_space(command: &mut std::process::Command, bytes: u64) -> &mut std::process::Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit is async-signal-safe, so it may run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
-            libc::setrlimit(libc::RLIMIT_AS, &limit);
-            Ok(())
-        })
-    }
 }
 
 /// Image-sized float planes are reserved fallibly: converting, restoring into an `Image` and writing an image

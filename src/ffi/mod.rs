@@ -76,10 +76,13 @@ pub enum dpir_status {
     Cancelled = 11,
     /// A bug in dpir (an internal panic was caught at the boundary). Please report it with the message.
     Internal = 12,
+    /// The restore does not fit the memory budget (`memory_budget` of `dpir_load_options`), or ONNX Runtime ran
+    /// out of memory again after one retry with a smaller tile; the message names the memory it needed.
+    OutOfMemory = 13,
 }
 
 impl dpir_status {
-    const ALL: [dpir_status; 13] = [
+    const ALL: [dpir_status; 14] = [
         dpir_status::Ok,
         dpir_status::InvalidArgument,
         dpir_status::InvalidImage,
@@ -93,6 +96,7 @@ impl dpir_status {
         dpir_status::BadOutput,
         dpir_status::Cancelled,
         dpir_status::Internal,
+        dpir_status::OutOfMemory,
     ];
 
     fn text(self) -> &'static CStr {
@@ -110,6 +114,7 @@ impl dpir_status {
             dpir_status::BadOutput => c"the model produced an unusable result",
             dpir_status::Cancelled => c"cancelled",
             dpir_status::Internal => c"internal error",
+            dpir_status::OutOfMemory => c"out of memory",
         }
     }
 }
@@ -135,6 +140,7 @@ fn status_of(kind: ErrorKind) -> dpir_status {
         ErrorKind::Io => dpir_status::Io,
         ErrorKind::BadOutput => dpir_status::BadOutput,
         ErrorKind::Cancelled => dpir_status::Cancelled,
+        ErrorKind::OutOfMemory => dpir_status::OutOfMemory,
     }
 }
 

@@ -121,11 +121,17 @@ pub struct dpir_load_options {
     /// `$XDG_CACHE_HOME/dpir/tensorrt` (`~/.cache/dpir/tensorrt`). No effect on other providers. Copied during
     /// the call.
     pub tensorrt_engine_cache: *const c_char,
+    /// The most memory a restore may take, in bytes; 0 (default): no limit. Device memory on CUDA and TensorRT,
+    /// resident memory on the CPU. Within it, graphs a stage does not need are released when keeping them would
+    /// not fit and loaded again when needed, and tiles are made smaller until the estimate fits; a restore that
+    /// cannot fit fails with `DPIR_STATUS_OUT_OF_MEMORY`, naming the budget it needs. `dpir_get_requirements()`
+    /// reports the estimate and the tile chosen.
+    pub memory_budget: u64,
 }
 
 impl Versioned for dpir_load_options {
     const NAME: &'static str = "dpir_load_options";
-    const SIZES: &'static [usize] = &[std::mem::size_of::<dpir_load_options>()];
+    const SIZES: &'static [usize] = &[40, std::mem::size_of::<dpir_load_options>()];
 
     fn defaults() -> dpir_load_options {
         dpir_load_options {
@@ -136,6 +142,7 @@ impl Versioned for dpir_load_options {
             threads: 0,
             tensorrt_fp16: 1,
             tensorrt_engine_cache: std::ptr::null(),
+            memory_budget: 0,
         }
     }
 }
@@ -318,8 +325,9 @@ pub(crate) unsafe fn runtime_options(ptr: *const dpir_load_options) -> Outcome<R
         onnxruntime_library: optional_path(options.onnxruntime_library, "onnxruntime_library")?,
         execution_provider,
         threads: options.threads as usize,
-        // Not among the C options yet: a new field changes the ABI.
+        // Not among the C options: the memory budget caps the GPU's arenas.
         gpu_memory_limit: None,
+        memory_budget: (options.memory_budget > 0).then_some(options.memory_budget),
     })
 }
 

@@ -200,13 +200,21 @@ pub struct dpir_requirements {
     pub max_pass_size: u32,
     /// Sampling tiles the restore runs.
     pub tiles: u64,
-    /// Rough peak memory of the restore beyond the caller's buffers and the loaded weights, in bytes.
+    /// Estimated peak memory of the restore, in bytes, beyond the caller's buffers: the weights loaded at that
+    /// moment, the largest model run's activations for the chosen tile, and dpir's own buffers. Device memory
+    /// on CUDA and TensorRT (an upper bound there), resident memory on the CPU.
     pub estimated_bytes: u64,
+    /// The part of `estimated_bytes` that is weights.
+    pub weights_bytes: u64,
+    /// The tile side the restore uses, in pixels: within a memory budget, the largest that fits.
+    pub tile_size: u32,
+    /// Nonzero when, within the memory budget, the prompt encoders and the transformer take turns in memory.
+    pub releases_graphs: u32,
 }
 
 impl Versioned for dpir_requirements {
     const NAME: &'static str = "dpir_requirements";
-    const SIZES: &'static [usize] = &[std::mem::size_of::<dpir_requirements>()];
+    const SIZES: &'static [usize] = &[40, std::mem::size_of::<dpir_requirements>()];
 
     fn defaults() -> dpir_requirements {
         dpir_requirements {
@@ -217,6 +225,9 @@ impl Versioned for dpir_requirements {
             max_pass_size: 0,
             tiles: 0,
             estimated_bytes: 0,
+            weights_bytes: 0,
+            tile_size: 0,
+            releases_graphs: 0,
         }
     }
 }
@@ -340,6 +351,9 @@ pub unsafe extern "C" fn dpir_get_requirements(
             max_pass_size: u32::try_from(needs.max_pass_size).unwrap_or(u32::MAX),
             tiles: needs.tiles as u64,
             estimated_bytes: needs.estimated_bytes,
+            weights_bytes: needs.weights_bytes,
+            tile_size: u32::try_from(needs.tile_size).unwrap_or(u32::MAX),
+            releases_graphs: needs.releases_graphs as u32,
         };
         // SAFETY: forwarded from the caller.
         unsafe { write_struct(requirements, size, value, "requirements") }

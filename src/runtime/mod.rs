@@ -42,6 +42,11 @@ pub struct RuntimeOptions {
     /// Runtime's `gpu_mem_limit`; the five graphs have an arena each, and cuDNN's workspaces come on top).
     /// More than 0; `None`: no limit. A run that needs more fails with ONNX Runtime's out-of-memory error.
     pub gpu_memory_limit: Option<usize>,
+    /// The most memory, in bytes, a restore may take: device memory on CUDA and TensorRT (where it also caps
+    /// each graph's arena unless `gpu_memory_limit` does), resident memory on the CPU. Within it the graphs a
+    /// stage does not need are released when keeping them would not fit, and tiles are made smaller until the
+    /// estimate fits; a restore that cannot fit is refused with [`Error::OutOfMemory`]. `None`: no limit.
+    pub memory_budget: Option<u64>,
 }
 
 impl RuntimeOptions {
@@ -71,6 +76,12 @@ impl RuntimeOptions {
     /// Sets the `gpu_memory_limit` field (see there), in bytes.
     pub fn gpu_memory_limit(mut self, bytes: usize) -> RuntimeOptions {
         self.gpu_memory_limit = Some(bytes);
+        self
+    }
+
+    /// Sets the `memory_budget` field (see there), in bytes.
+    pub fn memory_budget(mut self, bytes: u64) -> RuntimeOptions {
+        self.memory_budget = Some(bytes);
         self
     }
 }
@@ -125,8 +136,13 @@ impl Runtime {
         if options.gpu_memory_limit == Some(0) {
             return Err(Error::InvalidOptions("the GPU memory limit must be more than 0 bytes".into()));
         }
+        if options.memory_budget == Some(0) {
+            return Err(Error::InvalidOptions("the memory budget must be more than 0 bytes".into()));
+        }
         let library = library::ensure_loaded(options.onnxruntime_library.as_deref())?.to_path_buf();
-        let sessions = SessionSettings { threads: options.threads, gpu_memory_limit: options.gpu_memory_limit };
+        let budget = options.memory_budget.map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        let gpu_memory_limit = options.gpu_memory_limit.or(budget);
+        let sessions = SessionSettings { threads: options.threads, gpu_memory_limit };
         let mut last_error = None;
         for provider in options.execution_provider.attempts() {
             let loaded =
@@ -277,6 +293,18 @@ impl Graph {
         Ok(Resident(on_device?))
     }
 
+    /// The error of a failed run: [`Error::OutOfMemory`] when ONNX Runtime could not allocate, which a restore
+    /// answers with a smaller tile.
+    fn run_failed(&self, error: ort::Error) -> Error {
+        let message = error.to_string();
+        let graph = self.file.display().to_string();
+        if is_out_of_memory(&message) {
+            Error::OutOfMemory(format!("ONNX Runtime could not allocate memory in {graph}: {message}"))
+        } else {
+            Error::Onnx { graph, message }
+        }
+    }
+
     fn input(&self, name: &str) -> std::result::Result<&TensorInfo, String> {
         self.inputs.iter().find(|i| i.name == name).ok_or_else(|| format!("graph has no input `{name}`"))
     }
@@ -318,7 +346,7 @@ impl Graph {
         let mut session = self.session.lock();
         self.runs.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = session.run(values).map_err(|e| fail(e.to_string()))?;
+        let result = session.run(values).map_err(|e| self.run_failed(e))?;
         timer.add(started.elapsed());
         let views = outputs
             .iter()
@@ -348,7 +376,7 @@ impl Graph {
         let started = Instant::now();
         let result = session
             .run(vec![(input.to_string(), SessionInputValue::from(value.into_dyn()))])
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| self.run_failed(e))?;
         timer.add(started.elapsed());
         let value = result.get(output).ok_or_else(|| fail(format!("graph has no output `{output}`")))?;
         Ok(from_value(value).map_err(|e| fail(format!("output `{output}`: {e}")))?.into_owned())
@@ -372,6 +400,16 @@ impl SessionTimer {
     pub fn total(&self) -> Duration {
         Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
     }
+}
+
+/// Whether ONNX Runtime's message is an allocation failure: its arena's on CPU and GPU ("Failed to allocate
+/// memory", "Available memory of N is smaller than requested bytes of M"), the CPU allocator's (`bad_alloc`), or
+/// CUDA's.
+fn is_out_of_memory(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    ["failed to allocate memory", "bad_alloc", "bad allocation", "out of memory", "is smaller than requested bytes"]
+        .iter()
+        .any(|words| lower.contains(words))
 }
 
 fn mentions_provider(message: &str) -> bool {

@@ -81,3 +81,17 @@ pub fn write_png(path: &Path, image: &Image) {
     image.write_pixels(&layout, &mut bytes).unwrap();
     dpir::imagefile::write(path, &layout, &bytes).unwrap();
 }
+
+/// `command` with its address space limited to `bytes`: an allocation past it fails, so a regression that would
+/// take the machine's memory aborts the child instead.
+pub fn limit_address_space(command: &mut Command, bytes: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe, so it may run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            Ok(())
+        })
+    }
+}

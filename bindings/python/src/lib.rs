@@ -29,6 +29,7 @@ fn error(py: Python<'_>, e: dpir::Error) -> PyErr {
         ErrorKind::InvalidImage => "invalid_image",
         ErrorKind::InvalidOptions => "invalid_options",
         ErrorKind::TooLarge => "too_large",
+        ErrorKind::OutOfMemory => "out_of_memory",
         ErrorKind::Io => "io",
         ErrorKind::BadOutput => "bad_output",
         ErrorKind::Cancelled => "cancelled",

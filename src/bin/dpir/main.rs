@@ -45,6 +45,11 @@ struct ModelArgs {
     /// On CUDA and TensorRT, the most GPU memory each graph's arena may take, in GiB (default: no limit).
     #[arg(long, value_parser = parse_gib)]
     gpu_memory_limit: Option<usize>,
+    /// The most memory a restore may take, in GiB (default: no limit): resident memory on the CPU, device memory
+    /// on CUDA and TensorRT. Within it dpir releases the graphs a stage does not need and picks the largest tile
+    /// that fits, or says how much it would need.
+    #[arg(long, value_parser = parse_gib)]
+    max_memory: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +128,10 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Load the model and say what restoring IN would take (output size, tiles, the tile size, estimated peak
+        /// memory) without restoring or writing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a bundle's manifest and graph signatures.
     Info {
@@ -291,6 +300,7 @@ fn load(args: ModelArgs) -> Result<Restorer, Box<dyn std::error::Error>> {
     let mut options = RuntimeOptions::new().execution_provider(args.ep).threads(args.threads);
     options.onnxruntime_library = onnxruntime_library(args.ort_lib);
     options.gpu_memory_limit = args.gpu_memory_limit;
+    options.memory_budget = args.max_memory.map(|bytes| bytes as u64);
     Ok(Restorer::load(dir, &options)?)
 }
 
@@ -321,6 +331,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tile_overlap,
             tile_batch,
             quiet,
+            dry_run,
         } => {
             let work = batch::plan(&input, &output, frames)?;
             if matches!(work, Work::Batch(_)) && (noise.is_some() || save_noise.is_some()) {
@@ -359,6 +370,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             (options.tile_size, options.tile_overlap, options.tile_batch) = (tile_size, tile_overlap, tile_batch);
             options.cancel = Some(interrupt.token());
             match work {
+                Work::Single(job) if dry_run => dry_run_report(&restorer, &job.input, &options),
+                Work::Batch(_) if dry_run => Err("--dry-run takes one image, not a batch".into()),
                 Work::Single(job) => restore_single(&restorer, &job, options, save_noise, quiet, &interrupt),
                 Work::Batch(jobs) => {
                     let flags = BatchFlags { overwrite, fail_fast, seed_per_frame, quiet };
@@ -459,6 +472,24 @@ fn restore_file(
 }
 
 /// One file into another, replacing it, with the starting noise saved on request.
+/// What restoring `input` would take, on stdout.
+fn dry_run_report(restorer: &Restorer, input: &Path, options: &RestoreOptions) -> Result<(), Box<dyn std::error::Error>> {
+    let (layout, _) = imagefile::read(input)?;
+    let (width, height) = (layout.width, layout.height);
+    let needs = restorer.requirements(width, height, options)?;
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    println!("input: {width}x{height}");
+    println!("output: {}x{}", needs.output_size.0, needs.output_size.1);
+    println!("tiles: {} of {} pixels", needs.tiles, needs.tile_size);
+    println!(
+        "estimated peak memory: {:.2} GiB ({:.2} GiB of weights{})",
+        gib(needs.estimated_bytes),
+        gib(needs.weights_bytes),
+        if needs.releases_graphs { "; the encoders and the transformer take turns" } else { "" }
+    );
+    Ok(())
+}
+
 fn restore_single(
     restorer: &Restorer,
     job: &Job,

@@ -63,7 +63,7 @@ def plan(args):
         problems.append(f"the transformer takes {tcfg['in_channels']} channels, the VAE has {channels}")
 
     size_l, patch_l, hidden_l, _ = clip_vision_numbers(args["clip_b32"], "CLIP B/32 config")
-    size_g, _, _, proj_g = clip_vision_numbers(args["clip_bigg"], "CLIP bigG config")
+    size_g, patch_g, hidden_g, proj_g = clip_vision_numbers(args["clip_bigg"], "CLIP bigG config")
     if size_l != size_g:
         problems.append(f"the CLIP towers take different image sizes ({size_l} and {size_g})")
     pooled = tcfg["pooled_projection_dim"]
@@ -100,6 +100,15 @@ def plan(args):
         raise JobError("the inputs do not fit together:\n  " + "\n  ".join(problems))
 
     local_tokens = (size_l // patch_l) ** 2 + 1
+    # What the runtime's memory estimate needs: the widths that size the activations (the larger CLIP tower's).
+    towers = [(local_tokens, hidden_l), ((size_g // patch_g) ** 2 + 1, hidden_g)]
+    clip_tokens, clip_width = max(towers, key=lambda t: t[0] * t[1])
+    vae_channels = vcfg["block_out_channels"]
+    architecture = {"transformer_heads": tcfg["num_attention_heads"],
+                    "transformer_width": tcfg["num_attention_heads"] * tcfg["attention_head_dim"],
+                    "vae_width": vae_channels[1] if len(vae_channels) > 1 else vae_channels[0],
+                    "vae_attention": vcfg.get("mid_block_add_attention", True),
+                    "clip_crop_tokens": clip_tokens, "clip_width": clip_width}
     return {
         "t5": t5_dir,
         "prompts": prompts,
@@ -124,6 +133,7 @@ def plan(args):
                           "train_timesteps": int(scfg.get("num_train_timesteps", 1000)), "steps": args["steps"]},
             "defaults": {"guidance": args["guidance"], "seed": args["seed"], "color_fix": "wavelet",
                          "latent_tile": args["latent_tile"], "latent_overlap": args["latent_overlap"]},
+            "architecture": architecture,
         },
     }
 

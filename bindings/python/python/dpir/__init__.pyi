@@ -11,7 +11,7 @@ Pixels = TypeVar("Pixels", bound=np.ndarray)
 
 class Error(Exception):
     """A failed load or restore. `kind`: "onnxruntime", "execution_provider", "bundle", "inference",
-    "invalid_image", "invalid_options", "too_large", "io", "bad_output" or "cancelled"."""
+    "invalid_image", "invalid_options", "too_large", "out_of_memory", "io", "bad_output" or "cancelled"."""
 
     kind: str
 

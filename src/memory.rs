@@ -1,0 +1,198 @@
+//! What a restore needs in memory at its peak: the weights loaded at that moment, the activations of the
+//! largest graph run of the stage (they grow with the tile: the attention scores with the square of its tokens),
+//! and dpir's own buffers; and, within a budget, the largest tile whose peak fits.
+//!
+//! The activations follow the architecture ([`Architecture`]) with coefficients measured on ONNX Runtime's CPU
+//! provider with the full-size random bundle (README, "Memory"). On a GPU the same figures are an upper bound:
+//! the CUDA provider computes fp16 graphs in fp16, and at opset 23 it does not materialise the attention scores.
+
+use crate::bundle::{Architecture, ClipInput, Manifest, VAE_MARGIN};
+use crate::error::{Error, Result};
+use crate::options::{Settings, TileMode};
+use crate::plan::Plan;
+use crate::prompt::global_tiles;
+use crate::residency::Phase;
+use crate::runtime::ExecutionProvider;
+
+/// Attention score matrices alive at once in a transformer block (the scores and their softmax), per sample.
+const TRANSFORMER_SCORES: f64 = 2.0;
+/// Token-wide activations alive at once in a transformer block, in units of its hidden width, per sample.
+const TRANSFORMER_TOKENS: f64 = 24.0;
+/// Full-resolution activations of the VAE alive at once, in units of its full-resolution width.
+const VAE_PIXELS: f64 = 3.0;
+/// The VAE's mid-block attention: one head over the latent samples, scores and softmax.
+const VAE_SCORES: f64 = 2.0;
+/// Token-wide activations of a CLIP tower per crop, in units of its hidden width.
+const CLIP_TOKENS: f64 = 16.0;
+/// ONNX Runtime's CPU provider widens float16 and bfloat16 weights to float32 inside the graph; resident
+/// weights then take this many times the bytes on disk (fp16 bundle, 512x512: 8.4 GiB for 4.95 on disk).
+const CPU_HALF_WEIGHTS: f64 = 1.7;
+/// The process's own: the program, ONNX Runtime's library and thread pools, the image's first copies.
+const RUNTIME_BASE: u64 = 120 << 20;
+
+/// The memory a restore needs, by stage, beside the weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    /// The largest run of the prompt stage: the CLIP towers over the global crops (and the VAE for an initial
+    /// restoration).
+    pub prompt: u64,
+    /// The largest run of the sampling stage: a transformer step or the VAE over a tile.
+    pub sample: u64,
+    /// dpir's buffers and the runtime's own, through the whole restore.
+    pub buffers: u64,
+}
+
+/// Bytes of the weights of each group of graphs as they sit in memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Weights {
+    pub vae: u64,
+    pub encoders: u64,
+    pub transformer: u64,
+}
+
+impl Weights {
+    fn all(&self) -> u64 {
+        self.vae + self.encoders + self.transformer
+    }
+
+    /// The resident bytes of `on_disk` weights of a `dtype` bundle on `provider`.
+    pub(crate) fn resident(on_disk: u64, dtype: &str, provider: &ExecutionProvider) -> u64 {
+        if !provider.is_gpu() && dtype != "float32" {
+            (on_disk as f64 * CPU_HALF_WEIGHTS) as u64
+        } else {
+            on_disk
+        }
+    }
+
+}
+
+/// A restore's estimated peak and how it gets there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peak {
+    pub bytes: u64,
+    /// Weights loaded at the peak.
+    pub weights: u64,
+    /// Whether the stages take turns: the encoders released for sampling, or the transformer for the prompts.
+    pub staged: bool,
+}
+
+impl Need {
+    /// What a restore with `settings` planned as `plan` needs on `provider`.
+    pub(crate) fn of(manifest: &Manifest, settings: &Settings, plan: &Plan, provider: &ExecutionProvider) -> Need {
+        let a = manifest.architecture();
+        let element = element_bytes(&manifest.dtype, provider);
+        let (tile_w, tile_h) = plan.tiles.first().map_or((0, 0), |t| (t.latent.width, t.latent.height));
+        let vae = vae_bytes(&a, manifest, (tile_w + 2 * VAE_MARGIN, tile_h + 2 * VAE_MARGIN), element);
+        let guided = if settings.guidance > 1.0 { 2 } else { 1 };
+        let samples = match settings.mode {
+            TileMode::Joint => settings.batch.min(plan.tiles.len()).max(1),
+            _ => 1,
+        };
+        let patch = manifest.transformer.patch_size;
+        let tokens = (tile_w / patch) * (tile_h / patch) + manifest.context_tokens();
+        let transformer = (samples * guided) as f64 * transformer_bytes(&a, tokens, element);
+        let crops = global_tiles(plan.frame.0, plan.frame.1, &manifest.clip).len().max(1);
+        let clip = crops as f64 * element * CLIP_TOKENS * (a.clip_crop_tokens * a.clip_width) as f64;
+        let prompt_vae = if settings.clip_input == ClipInput::InitialRestoration { vae } else { 0.0 };
+        Need {
+            prompt: clip.max(prompt_vae) as u64,
+            sample: transformer.max(vae) as u64,
+            buffers: plan.estimated_bytes(manifest, settings) + RUNTIME_BASE,
+        }
+    }
+
+    /// The peak of a restore with `weights`, within `budget` if any: all graphs loaded through both stages when
+    /// they fit, else each stage with its own graphs and those of the other stage that still fit beside them
+    /// (as [`Residency::enter`](crate::residency::Residency::enter) does).
+    pub(crate) fn peak(&self, weights: &Weights, budget: Option<u64>) -> Peak {
+        let together = weights.all() + self.prompt.max(self.sample) + self.buffers;
+        let Some(budget) = budget.filter(|&b| together > b) else {
+            return Peak { bytes: together, weights: weights.all(), staged: false };
+        };
+        let stage = |own: u64, other: u64, working: u64| {
+            let own = weights.vae + own;
+            let loaded = if own + other + working + self.buffers <= budget { own + other } else { own };
+            (loaded + working + self.buffers, loaded)
+        };
+        let prompt = stage(weights.encoders, weights.transformer, self.prompt);
+        let sample = stage(weights.transformer, weights.encoders, self.sample);
+        let (bytes, weights) = if prompt.0 >= sample.0 { prompt } else { sample };
+        Peak { bytes, weights, staged: true }
+    }
+
+    /// The bytes a phase works with beside the weights.
+    pub(crate) fn working(&self, phase: Phase) -> u64 {
+        self.buffers
+            + match phase {
+                Phase::Prompt => self.prompt,
+                Phase::Sample => self.sample,
+            }
+    }
+}
+
+/// The largest tile side (latent samples), from `settings.tile` down, whose restore fits `budget`; refused,
+/// naming the smallest budget that would do, when none does.
+pub(crate) fn fitting_tile(
+    manifest: &Manifest,
+    settings: &Settings,
+    weights: &Weights,
+    provider: &ExecutionProvider,
+    budget: u64,
+) -> Result<usize> {
+    let patch = manifest.transformer.patch_size;
+    let smallest = (settings.overlap / patch + 1) * patch;
+    let mut least = u64::MAX;
+    for tile in (smallest..=settings.tile).rev().step_by(patch) {
+        let candidate = Settings { tile, ..settings.clone() };
+        let plan = Plan::new(manifest, settings.output, &candidate)?;
+        let peak = Need::of(manifest, &candidate, &plan, provider).peak(weights, Some(budget));
+        if peak.bytes <= budget {
+            return Ok(tile);
+        }
+        least = least.min(peak.bytes);
+    }
+    Err(Error::OutOfMemory(format!(
+        "a memory budget of {} is too small for this model: the smallest tile ({smallest} latent samples, {} \
+         pixels) needs about {}; allow at least that much",
+        gib(budget),
+        smallest * manifest.latent.downscale,
+        gib(least)
+    )))
+}
+
+/// The tile to retry with after running out of memory with `tile`: three quarters of it, or `None` when that
+/// is no larger than the overlap.
+pub(crate) fn smaller_tile(manifest: &Manifest, settings: &Settings) -> Option<usize> {
+    let patch = manifest.transformer.patch_size;
+    let tile = (settings.tile * 3 / 4) / patch * patch;
+    (tile > settings.overlap && tile < settings.tile).then_some(tile)
+}
+
+/// `bytes` in GiB with two decimals, for messages.
+pub(crate) fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The bytes of one value of the graphs' activations: ONNX Runtime's CPU provider computes in float32 whatever
+/// the bundle's dtype.
+fn element_bytes(dtype: &str, provider: &ExecutionProvider) -> f64 {
+    match dtype {
+        "float16" | "bfloat16" if provider.is_gpu() => 2.0,
+        _ => 4.0,
+    }
+}
+
+/// One sample's activations in a transformer block over `tokens` tokens (image patches and context).
+fn transformer_bytes(a: &Architecture, tokens: usize, element: f64) -> f64 {
+    let t = tokens as f64;
+    element * (TRANSFORMER_SCORES * a.transformer_heads as f64 * t * t + TRANSFORMER_TOKENS * t * a.transformer_width as f64)
+}
+
+/// The VAE's activations over a (width, height) latent area: the full-resolution layers and the mid-block's
+/// attention over the latent samples.
+fn vae_bytes(a: &Architecture, manifest: &Manifest, (w, h): (usize, usize), element: f64) -> f64 {
+    let samples = (w * h) as f64;
+    let d = manifest.latent.downscale as f64;
+    let attention = if a.vae_attention { VAE_SCORES * samples * samples } else { 0.0 };
+    element * (VAE_PIXELS * a.vae_width as f64 * samples * d * d + attention)
+}
