@@ -63,7 +63,6 @@ impl Weights {
             on_disk
         }
     }
-
 }
 
 /// A restore's estimated peak and how it gets there.
@@ -185,7 +184,9 @@ fn element_bytes(dtype: &str, provider: &ExecutionProvider) -> f64 {
 /// One sample's activations in a transformer block over `tokens` tokens (image patches and context).
 fn transformer_bytes(a: &Architecture, tokens: usize, element: f64) -> f64 {
     let t = tokens as f64;
-    element * (TRANSFORMER_SCORES * a.transformer_heads as f64 * t * t + TRANSFORMER_TOKENS * t * a.transformer_width as f64)
+    element
+        * (TRANSFORMER_SCORES * a.transformer_heads as f64 * t * t
+            + TRANSFORMER_TOKENS * t * a.transformer_width as f64)
 }
 
 /// The VAE's activations over a (width, height) latent area: the full-resolution layers and the mid-block's

@@ -226,7 +226,12 @@ impl Restorer {
 
     /// Runs `attempt` with `settings` and, when ONNX Runtime runs out of memory, once more with a smaller tile,
     /// saying so on stderr and in the call's stats. A second failure names the memory the smaller tile needs.
-    fn retrying<T>(&self, settings: Settings, call: &Call, mut attempt: impl FnMut(Settings) -> Result<T>) -> Result<T> {
+    fn retrying<T>(
+        &self,
+        settings: Settings,
+        call: &Call,
+        mut attempt: impl FnMut(Settings) -> Result<T>,
+    ) -> Result<T> {
         let failure = match attempt(settings.clone()) {
             Err(Error::OutOfMemory(failure)) => failure,
             other => return other,

@@ -13,8 +13,8 @@ use crate::options::{Settings, TileMode};
 use crate::pixels::{copied, zeroed_plane, zeroed_planes, zeroed_rgb};
 use crate::plan::{blend_weights, check_region, grow_within, pixel_blend_weights, relative, Plan, Rect, Tile};
 use crate::progress::{Call, Progress, Stage};
-use crate::residency::Phase;
 use crate::prompt::FramePrompt;
+use crate::residency::Phase;
 use crate::sample;
 use crate::source::{FrameSource, Sink, Upsampling};
 

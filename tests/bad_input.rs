@@ -129,7 +129,7 @@ fn manifest_that_disagrees_with_its_graphs() {
     assert_eq!(error.kind(), ErrorKind::Bundle);
     let message = error.to_string();
     // File, field, expected and found are all named.
-    assert!(message.contains("vae_encoder.onnx") && message.contains("output `mean` axis 1"), "{message}");
+    assert!(message.contains("transformer.onnx") && message.contains("input `hidden_states` axis 1"), "{message}");
     assert!(message.contains("expected 8, found 12"), "{message}");
     let stderr = restore_fails(&good_png(dir.path()), &["--model", broken.to_str().unwrap()]);
     assert!(stderr.contains("expected 8, found 12"), "{stderr}");

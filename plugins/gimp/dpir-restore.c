@@ -213,6 +213,11 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                                                    "TensorRT, then CUDA, then the CPU",
                                                                    NULL),
                                       "cpu", G_PARAM_READWRITE);
+  gimp_procedure_add_double_argument (procedure, "max-memory", "Memory _limit (GiB)",
+                                      "The most memory the restore may take, in GiB (the graphics card's on a "
+                                      "GPU): the plug-in then loads the model in parts and restores in smaller "
+                                      "tiles, or says how much it needs. 0: no limit",
+                                      0.0, 4096.0, 0.0, G_PARAM_READWRITE);
 
   return procedure;
 }
@@ -331,6 +336,8 @@ status_hint (dpir_status status)
       return " Choose a DPIR model folder (one holding dpir.json) in the dialog, or set " MODEL_ENV ".";
     case DPIR_STATUS_TOO_LARGE:
       return " Restore a smaller selection, or a smaller tile size.";
+    case DPIR_STATUS_OUT_OF_MEMORY:
+      return " Raise the memory limit to what the message names, or close programs that hold memory.";
     case DPIR_STATUS_INVALID_OPTIONS:
       return " Check the dialog's values.";
     default:
@@ -619,7 +626,7 @@ restore_drawable (GimpImage            *image,
   gchar                *message = NULL;
   gint                  x, y, width, height;
   gint                  steps, seed, tile_size, tile_overlap, context_margin;
-  gdouble               guidance;
+  gdouble               guidance, max_memory;
   guint32               frame_width  = (guint32) gimp_drawable_get_width (drawable);
   guint32               frame_height = (guint32) gimp_drawable_get_height (drawable);
 
@@ -636,6 +643,8 @@ restore_drawable (GimpImage            *image,
 
   dpir_load_options_init (&load, sizeof load);
   load.execution_provider = (guint32) gimp_procedure_config_get_choice_id (config, "execution-provider");
+  g_object_get (config, "max-memory", &max_memory, NULL);
+  load.memory_budget = (uint64_t) (max_memory * 1073741824.0);
   gimp_progress_init ("DPIR: loading the model");
   status = dpir_restorer_load (model, &load, &restorer);
   if (status != DPIR_STATUS_OK)

@@ -59,12 +59,13 @@ enum param {
     PARAM_TILE_SIZE,      /* integer: tile side in latents, 0 = the model's */
     PARAM_TILE_OVERLAP,   /* integer: tile overlap in latents, -1 = the model's */
     PARAM_ENCODING,       /* choice: how pixel values encode light */
+    PARAM_MAX_MEMORY,     /* double: the memory budget in GiB, 0 = none */
     PARAM_COUNT
 };
 
 static const char *const PARAM_NAMES[PARAM_COUNT] = {
     "model", "provider", "device", "steps", "seed", "seed_per_frame", "guidance", "global_context",
-    "context_margin", "tile_mode", "tile_size", "tile_overlap", "encoding",
+    "context_margin", "tile_mode", "tile_size", "tile_overlap", "encoding", "max_memory",
 };
 
 /* Choice options; their order is the parameter's value (MLT sets choices by these labels). */
@@ -169,6 +170,7 @@ struct model {
     char *path;
     uint32_t provider;
     int32_t device;
+    uint64_t memory_budget;
     dpir_restorer *restorer;
     unsigned users;
     uint64_t last_used;
@@ -204,14 +206,16 @@ static void models_trim(int keep) {
 
 /* Finds or loads the model; on success the caller must model_release() it. On failure `error` says why. */
 static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle effect, const char *path,
-                                   uint32_t provider, int32_t device, char *error, size_t error_size) {
+                                   uint32_t provider, int32_t device, uint64_t memory_budget, char *error,
+                                   size_t error_size) {
     pthread_mutex_lock(&models.lock);
     struct model *found = NULL, *free_slot = NULL;
     for (int i = 0; i < MODEL_CACHE_SLOTS && !found; i++) {
         struct model *m = &models.slots[i];
         if (!m->restorer) {
             if (!free_slot) free_slot = m;
-        } else if (m->provider == provider && m->device == device && strcmp(m->path, path) == 0) {
+        } else if (m->provider == provider && m->device == device && m->memory_budget == memory_budget &&
+                   strcmp(m->path, path) == 0) {
             found = m;
         }
     }
@@ -229,6 +233,7 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
         dpir_load_options_init(&options, sizeof options);
         options.execution_provider = provider;
         options.device = device;
+        options.memory_budget = memory_budget;
         struct timespec start, end;
         clock_gettime(CLOCK_MONOTONIC, &start);
         dpir_restorer *restorer = NULL;
@@ -265,7 +270,8 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
                  (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) * 1e-9, defaults);
         log_message(s, effect, text);
         found = free_slot;
-        *found = (struct model){.path = copy, .provider = provider, .device = device, .restorer = restorer};
+        *found = (struct model){
+            .path = copy, .provider = provider, .device = device, .memory_budget = memory_budget, .restorer = restorer};
     }
     found->users++;
     found->last_used = ++models.clock;
@@ -303,6 +309,7 @@ struct settings {
     int tile_size;
     int tile_overlap;
     int encoding;
+    uint64_t memory_budget;
 };
 
 /* The dpir frame of one (time, render scale, parameters, frame, source pixels) in whole-frame mode: the host
@@ -394,6 +401,7 @@ static int read_settings(const struct suites *s, const struct instance *in, OfxT
     out->tile_size = get_int(s, in->params[PARAM_TILE_SIZE], t, 0);
     out->tile_overlap = get_int(s, in->params[PARAM_TILE_OVERLAP], t, -1);
     out->encoding = get_choice(s, in->params[PARAM_ENCODING], t, COUNT(ENCODING_OPTIONS));
+    out->memory_budget = (uint64_t)(get_double(s, in->params[PARAM_MAX_MEMORY], t, 0.0) * 1073741824.0);
     return 1;
 }
 
@@ -753,6 +761,21 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
                   "How the host's pixel values encode light. Auto: 8- and 16-bit integer pixels are sRGB-encoded, half "
                   "and float pixels linear. The model works on sRGB-encoded values; dpir converts.",
                   ENCODING_OPTIONS, COUNT(ENCODING_OPTIONS));
+    props = define_param(s, params, kOfxParamTypeDouble, PARAM_MAX_MEMORY, "Memory limit (GiB)",
+                         "The most memory a render may take, in GiB (the GPU's memory on CUDA and TensorRT): the "
+                         "model's parts take turns in memory and tiles get smaller to fit, or the render fails "
+                         "saying how much it needs. 0: no limit.");
+    if (props) {
+        p->propSetString(props, kOfxParamPropDoubleType, 0, kOfxParamDoubleTypePlain);
+        p->propSetDouble(props, kOfxParamPropDefault, 0, 0.0);
+        p->propSetDouble(props, kOfxParamPropMin, 0, 0.0);
+        p->propSetDouble(props, kOfxParamPropMax, 0, 4096.0);
+        p->propSetDouble(props, kOfxParamPropDisplayMin, 0, 0.0);
+        p->propSetDouble(props, kOfxParamPropDisplayMax, 0, 80.0);
+        p->propSetDouble(props, kOfxParamPropIncrement, 0, 0.5);
+        p->propSetInt(props, kOfxParamPropDigits, 0, 1);
+        p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
+    }
     return kOfxStatOK;
 }
 
@@ -868,7 +891,7 @@ static OfxStatus regions_of_interest(const struct suites *s, OfxImageEffectHandl
     if (!is_empty(wanted) && read_settings(s, in, t, &st, error, sizeof error) &&
         st.global_context == GLOBAL_REGION) {
         /* Needs the model's tile geometry. A model that does not load leaves the whole frame: render reports. */
-        struct model *m = model_acquire(s, effect, st.model, st.provider, st.device, error, sizeof error);
+        struct model *m = model_acquire(s, effect, st.model, st.provider, st.device, st.memory_budget, error, sizeof error);
         if (m) {
             dpir_restore_options options;
             restore_options(&st, m->restorer, t, scale, &options);
@@ -976,7 +999,7 @@ static OfxStatus render(const struct suites *s, OfxImageEffectHandle effect, Ofx
     }
     if (s->effect->abort(effect)) goto done;
 
-    m = model_acquire(s, effect, st.model, st.provider, st.device, error, sizeof error);
+    m = model_acquire(s, effect, st.model, st.provider, st.device, st.memory_budget, error, sizeof error);
     if (!m) goto done;
     dpir_status result = dpir_cancel_new(&cancel);
     if (result != DPIR_STATUS_OK) {

@@ -51,7 +51,7 @@ struct Restorer {
 #[pymethods]
 impl Restorer {
     #[new]
-    #[pyo3(signature = (model, provider, threads, onnxruntime, gpu_memory_limit))]
+    #[pyo3(signature = (model, provider, threads, onnxruntime, gpu_memory_limit, max_memory))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
@@ -59,6 +59,7 @@ impl Restorer {
         threads: usize,
         onnxruntime: Option<PathBuf>,
         gpu_memory_limit: Option<usize>,
+        max_memory: Option<u64>,
     ) -> PyResult<Restorer> {
         let provider = ExecutionProvider::parse(provider).ok_or_else(|| {
             PyValueError::new_err(format!("unknown provider {provider:?}; use cpu, cuda[:N], tensorrt[:N] or auto"))
@@ -66,6 +67,7 @@ impl Restorer {
         let mut options = RuntimeOptions::new().execution_provider(provider).threads(threads);
         options.onnxruntime_library = onnxruntime;
         options.gpu_memory_limit = gpu_memory_limit;
+        options.memory_budget = max_memory;
         let loaded = py.detach(|| dpir::Restorer::load(&model, &options)).map_err(|e| error(py, e))?;
         Ok(Restorer { inner: Arc::new(loaded) })
     }
@@ -113,7 +115,7 @@ impl Restorer {
     }
 
     /// What a restore of `width x height` needs: a dict of the pixel multiple, the largest pass, the output size,
-    /// the tile count and the estimated working memory.
+    /// the tiles and their size, the estimated peak memory and its weights, and whether the stages take turns.
     fn requirements<'py>(
         &self,
         py: Python<'py>,
@@ -128,7 +130,10 @@ impl Restorer {
         dict.set_item("max_pass_size", r.max_pass_size)?;
         dict.set_item("output_size", r.output_size)?;
         dict.set_item("tiles", r.tiles)?;
+        dict.set_item("tile_size", r.tile_size)?;
         dict.set_item("estimated_bytes", r.estimated_bytes)?;
+        dict.set_item("weights_bytes", r.weights_bytes)?;
+        dict.set_item("releases_graphs", r.releases_graphs)?;
         Ok(dict)
     }
 

@@ -115,6 +115,19 @@ def test_defaults_and_info(tiny):
     assert tiny.requirements(100, 50, scale=2)["output_size"] == (200, 100)
 
 
+def test_a_memory_budget(tiny):
+    needs = tiny.requirements(128, 96)
+    assert needs["tile_size"] == 1024 and not needs["releases_graphs"]
+    assert needs["estimated_bytes"] > needs["weights_bytes"] > 0
+    tight = dpir.Restorer(BUNDLES / "tiny", threads=1, max_memory=needs["estimated_bytes"] - 1)
+    assert tight.requirements(128, 96)["releases_graphs"]
+    image = picture(96, 128, 3, np.uint8)
+    assert np.array_equal(tight.restore(image, steps=1), tiny.restore(image, steps=1))
+    with pytest.raises(dpir.Error) as raised:
+        dpir.Restorer(BUNDLES / "tiny", threads=1, max_memory=16 << 20).restore(image, steps=1)
+    assert raised.value.kind == "out_of_memory" and "needs about" in str(raised.value)
+
+
 def test_errors_carry_dpir_s_kind(oracle, tmp_path):
     image = picture(8, 8, 3, np.uint8)
     for options, kind in [

@@ -473,7 +473,11 @@ fn restore_file(
 
 /// One file into another, replacing it, with the starting noise saved on request.
 /// What restoring `input` would take, on stdout.
-fn dry_run_report(restorer: &Restorer, input: &Path, options: &RestoreOptions) -> Result<(), Box<dyn std::error::Error>> {
+fn dry_run_report(
+    restorer: &Restorer,
+    input: &Path,
+    options: &RestoreOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (layout, _) = imagefile::read(input)?;
     let (width, height) = (layout.width, layout.height);
     let needs = restorer.requirements(width, height, options)?;

@@ -62,6 +62,9 @@ class Restorer:
     onnxruntime: the ONNX Runtime library to load. Default: $DPIR_ORT_LIB or $ORT_DYLIB_PATH when set, else the
         library of an installed `onnxruntime` / `onnxruntime-gpu` package, else dpir's usual lookup.
     gpu_memory_limit: on CUDA and TensorRT, the most bytes each graph's memory arena may take.
+    max_memory: the most bytes a restore may take (resident memory on the CPU, device memory on a GPU): the
+        graphs a stage does not need are released and tiles made smaller to fit, or the restore is refused
+        with an `Error` of kind "out_of_memory" naming what it needs. Default: no limit.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class Restorer:
         threads: int = 0,
         onnxruntime: Optional[os.PathLike | str] = None,
         gpu_memory_limit: Optional[int] = None,
+        max_memory: Optional[int] = None,
     ) -> None:
         if model is None:
             model = default_model()
@@ -87,6 +91,7 @@ class Restorer:
             threads,
             None if onnxruntime is None else Path(onnxruntime),
             gpu_memory_limit,
+            max_memory,
         )
         self.manifest: dict = json.loads(self._native.manifest_json())
         """The bundle's manifest (`dpir.json`): its model sizes and defaults."""
@@ -123,7 +128,8 @@ class Restorer:
 
     def requirements(self, width: int, height: int, **options: Any) -> dict:
         """What restoring a `width x height` image with these options needs: pixel_multiple, max_pass_size,
-        output_size, tiles and estimated_bytes."""
+        output_size, tiles, tile_size (pixels), estimated_bytes (the peak, weights included), weights_bytes and
+        releases_graphs (whether the prompt encoders and the transformer take turns within max_memory)."""
         return self._native.requirements(width, height, options)
 
     def restore(

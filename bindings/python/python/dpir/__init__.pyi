@@ -48,6 +48,7 @@ class Restorer:
         threads: int = 0,
         onnxruntime: Union[os.PathLike, str, None] = None,
         gpu_memory_limit: Optional[int] = None,
+        max_memory: Optional[int] = None,
     ) -> None: ...
     @property
     def defaults(self) -> dict: ...
