@@ -192,7 +192,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     options.progress_user_data = &allowed;
     dpir_requirements needs;
     status = dpir_get_requirements(restorer, source.pixels.width, source.pixels.height, &options, &needs, sizeof needs);
-    if (status > DPIR_STATUS_INTERNAL || status < 0 || status == DPIR_STATUS_INTERNAL) abort();
+    if (status > DPIR_STATUS_OUT_OF_MEMORY || status < 0 || status == DPIR_STATUS_INTERNAL) abort();
 
     describe(&r, &destination);
     if (take(&r, 1) & 1 && status == DPIR_STATUS_OK && destination.pixels.data != NULL) {

@@ -66,7 +66,7 @@
 /**
  * Minor version of the dpir.h a program was compiled with.
  */
-#define DPIR_VERSION_MINOR 3
+#define DPIR_VERSION_MINOR 4
 
 /**
  * Patch version of the dpir.h a program was compiled with.
@@ -151,6 +151,11 @@ enum dpir_status
      * A bug in dpir (an internal panic was caught at the boundary). Please report it with the message.
      */
     DPIR_STATUS_INTERNAL = 12,
+    /**
+     * The restore does not fit the memory budget (`memory_budget` of `dpir_load_options`), or ONNX Runtime ran
+     * out of memory again after one retry with a smaller tile; the message names the memory it needed.
+     */
+    DPIR_STATUS_OUT_OF_MEMORY = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -465,6 +470,14 @@ typedef struct dpir_load_options {
      * the call.
      */
     const char *tensorrt_engine_cache;
+    /**
+     * The most memory a restore may take, in bytes; 0 (default): no limit. Device memory on CUDA and TensorRT,
+     * resident memory on the CPU. Within it, graphs a stage does not need are released when keeping them would
+     * not fit and loaded again when needed, and tiles are made smaller until the estimate fits; a restore that
+     * cannot fit fails with `DPIR_STATUS_OUT_OF_MEMORY`, naming the budget it needs. `dpir_get_requirements()`
+     * reports the estimate and the tile chosen.
+     */
+    uint64_t memory_budget;
 } dpir_load_options;
 
 /**
@@ -812,9 +825,23 @@ typedef struct dpir_requirements {
      */
     uint64_t tiles;
     /**
-     * Rough peak memory of the restore beyond the caller's buffers and the loaded weights, in bytes.
+     * Estimated peak memory of the restore, in bytes, beyond the caller's buffers: the weights loaded at that
+     * moment, the largest model run's activations for the chosen tile, and dpir's own buffers. Device memory
+     * on CUDA and TensorRT (an upper bound there), resident memory on the CPU.
      */
     uint64_t estimated_bytes;
+    /**
+     * The part of `estimated_bytes` that is weights.
+     */
+    uint64_t weights_bytes;
+    /**
+     * The tile side the restore uses, in pixels: within a memory budget, the largest that fits.
+     */
+    uint32_t tile_size;
+    /**
+     * Nonzero when, within the memory budget, the prompt encoders and the transformer take turns in memory.
+     */
+    uint32_t releases_graphs;
 } dpir_requirements;
 
 /**

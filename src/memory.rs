@@ -6,7 +6,7 @@
 //! provider with the full-size random bundle (README, "Memory"). On a GPU the same figures are an upper bound:
 //! the CUDA provider computes fp16 graphs in fp16, and at opset 23 it does not materialise the attention scores.
 
-use crate::bundle::{Architecture, ClipInput, Manifest, VAE_MARGIN};
+use crate::bundle::{Architecture, ClipInput, Manifest};
 use crate::error::{Error, Result};
 use crate::options::{Settings, TileMode};
 use crate::plan::Plan;
@@ -14,21 +14,25 @@ use crate::prompt::global_tiles;
 use crate::residency::Phase;
 use crate::runtime::ExecutionProvider;
 
-/// Attention score matrices alive at once in a transformer block (the scores and their softmax), per sample.
-const TRANSFORMER_SCORES: f64 = 2.0;
-/// Token-wide activations alive at once in a transformer block, in units of its hidden width, per sample.
-const TRANSFORMER_TOKENS: f64 = 24.0;
-/// Full-resolution activations of the VAE alive at once, in units of its full-resolution width.
-const VAE_PIXELS: f64 = 3.0;
-/// The VAE's mid-block attention: one head over the latent samples, scores and softmax.
-const VAE_SCORES: f64 = 2.0;
-/// Token-wide activations of a CLIP tower per crop, in units of its hidden width.
-const CLIP_TOKENS: f64 = 16.0;
+// Coefficients measured with tools/bench/memory.py (graphs) on ONNX Runtime 1.31.1's CPU provider, fp32, each
+// graph alone at three sizes, least squares; in float32 values per unit of the architecture's numbers.
+/// Attention score matrices of a transformer step, per head and sample (fitted: 1.40).
+const TRANSFORMER_SCORES: f64 = 1.4;
+/// Token-wide activations of a transformer step, in units of its hidden width, per sample (fitted: 51.9).
+const TRANSFORMER_TOKENS: f64 = 52.0;
+/// The VAE decoder's full-resolution activations, in units of its full-resolution width (fitted: 5.30; the
+/// encoder's are smaller).
+const VAE_PIXELS: f64 = 5.3;
+/// The VAE decoder's mid-block attention over the latent samples (fitted: 1.81).
+const VAE_SCORES: f64 = 1.8;
+/// The larger CLIP tower's activations per crop, in units of its hidden width per token (fitted: 24.3).
+const CLIP_TOKENS: f64 = 24.0;
 /// ONNX Runtime's CPU provider widens float16 and bfloat16 weights to float32 inside the graph; resident
 /// weights then take this many times the bytes on disk (fp16 bundle, 512x512: 8.4 GiB for 4.95 on disk).
 const CPU_HALF_WEIGHTS: f64 = 1.7;
-/// The process's own: the program, ONNX Runtime's library and thread pools, the image's first copies.
-const RUNTIME_BASE: u64 = 120 << 20;
+/// The process's own: the program, ONNX Runtime's library and thread pools (the CLI restoring a small image with
+/// the tiny bundle peaks at 43 MB).
+const RUNTIME_BASE: u64 = 48 << 20;
 
 /// The memory a restore needs, by stage, beside the weights.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +40,7 @@ pub(crate) struct Need {
     /// The largest run of the prompt stage: the CLIP towers over the global crops (and the VAE for an initial
     /// restoration).
     pub prompt: u64,
-    /// The largest run of the sampling stage: a transformer step or the VAE over a tile.
+    /// The sampling stage's: a transformer step's activations and the VAE's over a tile, both held at once.
     pub sample: u64,
     /// dpir's buffers and the runtime's own, through the whole restore.
     pub buffers: u64,
@@ -81,7 +85,10 @@ impl Need {
         let a = manifest.architecture();
         let element = element_bytes(&manifest.dtype, provider);
         let (tile_w, tile_h) = plan.tiles.first().map_or((0, 0), |t| (t.latent.width, t.latent.height));
-        let vae = vae_bytes(&a, manifest, (tile_w + 2 * VAE_MARGIN, tile_h + 2 * VAE_MARGIN), element);
+        // The VAE sees a tile with its margins, which stop at the frame's edges.
+        let d = manifest.latent.downscale;
+        let widest = plan.tiles.iter().map(|t| plan.encode_rect(t.latent)).max_by_key(|r| r.width * r.height);
+        let vae = widest.map_or(0.0, |r| vae_bytes(&a, manifest, (r.width / d, r.height / d), element));
         let guided = if settings.guidance > 1.0 { 2 } else { 1 };
         let samples = match settings.mode {
             TileMode::Joint => settings.batch.min(plan.tiles.len()).max(1),
@@ -95,7 +102,9 @@ impl Need {
         let prompt_vae = if settings.clip_input == ClipInput::InitialRestoration { vae } else { 0.0 };
         Need {
             prompt: clip.max(prompt_vae) as u64,
-            sample: transformer.max(vae) as u64,
+            // ONNX Runtime's arena keeps what a session took: the transformer's activations are still held
+            // while the decoder runs after it (what the measured peaks show).
+            sample: (transformer + vae) as u64,
             buffers: plan.estimated_bytes(manifest, settings) + RUNTIME_BASE,
         }
     }

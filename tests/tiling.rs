@@ -275,7 +275,7 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let opts = options(TileMode::Independent, 8, 2, 2).progress(move |p: &dpir::Progress| {
-        log.lock().unwrap().push((p.tile, p.tiles));
+        log.lock().unwrap().push((p.stage, p.tile, p.tiles));
         true
     });
     let requirements = oracle.requirements(72, 40, &opts).unwrap();
@@ -286,10 +286,15 @@ fn progress_counts_tiles_and_cancelling_between_tiles_writes_nothing() {
         .unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(requirements.tiles > 4 && stats.tiles == requirements.tiles, "{requirements:?} {stats:?}");
-    assert!(seen.iter().all(|&(_, n)| n == requirements.tiles));
-    let mut tiles: Vec<usize> = seen.iter().map(|&(t, _)| t).collect();
-    tiles.dedup();
-    assert_eq!(tiles, (1..=requirements.tiles).collect::<Vec<_>>(), "tiles reported 1..=n in order");
+    assert!(seen.iter().all(|&(_, _, n)| n == requirements.tiles));
+    // Every tile's prompt first (the frame's global prompt is reported as tile 1), then each tile's sampling.
+    let prompts = seen.iter().take_while(|&&(stage, _, _)| stage == dpir::Stage::Prompt).count();
+    for (what, part) in [("prompts", &seen[..prompts]), ("sampling", &seen[prompts..])] {
+        let mut tiles: Vec<usize> = part.iter().map(|&(_, t, _)| t).collect();
+        tiles.dedup();
+        assert_eq!(tiles, (1..=requirements.tiles).collect::<Vec<_>>(), "{what}: tiles reported 1..=n in order");
+    }
+    assert!(seen[prompts..].iter().all(|&(stage, _, _)| stage != dpir::Stage::Prompt));
     assert!(max_abs_diff(&planes(&layout, &out), image.rgb()) <= 1e-3);
 
     for mode in [TileMode::Independent, TileMode::Joint] {

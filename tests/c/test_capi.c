@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 static int passed, failed;
-static int seen[DPIR_STATUS_INTERNAL + 1]; /* statuses observed, to prove each one is reachable */
+static int seen[DPIR_STATUS_OUT_OF_MEMORY + 1]; /* statuses observed, to prove each one is reachable */
 static const char *bundles, *scratch;
 
 static void check(int ok, const char *what, int line) {
@@ -37,7 +37,7 @@ static void check(int ok, const char *what, int line) {
 /* Checks a call's status, and that the thread's message is empty on success and set on failure. */
 static void expect(dpir_status expected, dpir_status got, const char *call, int line) {
     const char *message = dpir_last_error_message();
-    if (got >= 0 && got <= DPIR_STATUS_INTERNAL) seen[got]++;
+    if (got >= 0 && got <= DPIR_STATUS_OUT_OF_MEMORY) seen[got]++;
     if (got != expected) {
         failed++;
         fprintf(stderr, "FAILED line %d: %s returned %d (%s: %s), expected %d\n", line, call, (int)got,
@@ -111,12 +111,12 @@ static void test_versions_and_statuses(void) {
     snprintf(expected, sizeof expected, "%d.%d.%d", DPIR_VERSION_MAJOR, DPIR_VERSION_MINOR, DPIR_VERSION_PATCH);
     CHECK(strcmp(dpir_version(), expected) == 0);
     CHECK(dpir_abi_version() == DPIR_ABI_VERSION);
-    for (int a = DPIR_STATUS_OK; a <= DPIR_STATUS_INTERNAL; a++) {
+    for (int a = DPIR_STATUS_OK; a <= DPIR_STATUS_OUT_OF_MEMORY; a++) {
         CHECK(dpir_status_string(a) != NULL && dpir_status_string(a)[0] != '\0');
         CHECK(strcmp(dpir_status_string(a), "unknown status") != 0);
         for (int b = 0; b < a; b++) CHECK(strcmp(dpir_status_string(a), dpir_status_string(b)) != 0);
     }
-    CHECK(strcmp(dpir_status_string(DPIR_STATUS_INTERNAL + 1), "unknown status") == 0);
+    CHECK(strcmp(dpir_status_string(DPIR_STATUS_OUT_OF_MEMORY + 1), "unknown status") == 0);
     CHECK(strcmp(dpir_status_string(-1), "unknown status") == 0);
     CHECK(dpir_last_error_message() != NULL);
     printf("versions and statuses: dpir %s, ABI %u\n", dpir_version(), dpir_abi_version());
@@ -183,7 +183,7 @@ static void test_init_functions(void) {
     EXPECT(DPIR_STATUS_OK, dpir_load_options_init(&load, sizeof load));
     CHECK(load.size == sizeof load && load.onnxruntime_library == NULL && load.threads == 0);
     CHECK(load.execution_provider == DPIR_EXECUTION_PROVIDER_CPU && load.device == 0 && load.tensorrt_fp16 == 1);
-    CHECK(load.tensorrt_engine_cache == NULL);
+    CHECK(load.tensorrt_engine_cache == NULL && load.memory_budget == 0);
     dpir_pixels pixels;
     EXPECT(DPIR_STATUS_OK, dpir_pixels_init(&pixels, sizeof pixels));
     CHECK(pixels.size == sizeof pixels && pixels.width == 0 && pixels.data == NULL && pixels.stride == 0);
@@ -389,6 +389,26 @@ static void test_info_and_requirements(dpir_restorer *oracle) {
     EXPECT(DPIR_STATUS_INVALID_IMAGE, dpir_get_requirements(oracle, 0, 48, NULL, &needs, sizeof needs));
     options.scale = 5000.0f;
     EXPECT(DPIR_STATUS_TOO_LARGE, dpir_get_requirements(oracle, 64, 48, &options, &needs, sizeof needs));
+    options.scale = 1.0f;
+    EXPECT(DPIR_STATUS_OK, dpir_get_requirements(oracle, 64, 48, &options, &needs, sizeof needs));
+    CHECK(needs.estimated_bytes > needs.weights_bytes && needs.weights_bytes > 0 && needs.releases_graphs == 0);
+    CHECK(needs.tile_size == info.default_tile_size * info.pixels_per_latent);
+    /* The struct of an older caller (before the memory fields) is filled as far as it reaches. */
+    dpir_requirements old;
+    memset(&old, 0xAB, sizeof old);
+    EXPECT(DPIR_STATUS_OK, dpir_get_requirements(oracle, 64, 48, &options, &old, 40));
+    CHECK(old.size == 40 && old.estimated_bytes == needs.estimated_bytes);
+    CHECK(all_bytes((const unsigned char *)&old.weights_bytes, 16, 0xAB));
+
+    /* A memory budget no tile fits: refused before any work, naming the memory it needs. */
+    dpir_restorer *limited = NULL;
+    dpir_load_options load;
+    dpir_load_options_init(&load, sizeof load);
+    load.memory_budget = 16u << 20;
+    EXPECT(DPIR_STATUS_OK, dpir_restorer_load(join(bundles, "oracle"), &load, &limited));
+    EXPECT(DPIR_STATUS_OUT_OF_MEMORY, dpir_get_requirements(limited, 64, 48, &options, &needs, sizeof needs));
+    CHECK(strstr(dpir_last_error_message(), "needs about") != NULL);
+    dpir_restorer_free(limited);
 
     /* Every bad option, through dpir_requirements (which resolves them all). */
     struct {
@@ -865,7 +885,7 @@ static void test_cancel_from_another_thread(dpir_restorer *tiny) {
     dpir_cancel_free(j.cancel); /* the restore holds its own reference */
     pthread_join(thread, NULL);
     CHECK(j.status == DPIR_STATUS_CANCELLED);
-    if (j.status >= 0 && j.status <= DPIR_STATUS_INTERNAL) seen[j.status]++;
+    if (j.status >= 0 && j.status <= DPIR_STATUS_OUT_OF_MEMORY) seen[j.status]++;
     CHECK(signal.started < 1000);
     CHECK(all_bytes(j.output, JOB_W * JOB_H * 3, 0xCD));
     printf("cancel from another thread after %d sampling steps: cancelled, destination untouched\n",
@@ -902,8 +922,8 @@ int main(int argc, char **argv) {
     dpir_restorer_free(oracle);
 
     /* Every status is reachable from C, except INTERNAL (a caught Rust panic: a bug, tested in Rust). */
-    for (int status = DPIR_STATUS_OK; status < DPIR_STATUS_INTERNAL; status++) {
-        if (!seen[status]) {
+    for (int status = DPIR_STATUS_OK; status <= DPIR_STATUS_OUT_OF_MEMORY; status++) {
+        if (status != DPIR_STATUS_INTERNAL && !seen[status]) {
             failed++;
             fprintf(stderr, "FAILED: status %d (%s) was never returned\n", status, dpir_status_string(status));
         }

@@ -23,6 +23,9 @@ tools/device/ brings all of that over and runs this script (tools/device/README.
    number of warm runs, transformer runs timed between CUDA synchronisations. Its pre- and post-processing
    (resampling, wavelet colour fix) is numpy on the CPU, as in the converter's checks.
 6. One restore of the same picture from the same starting noise through each bundle, compared with PyTorch's.
+7. Memory budgets (--budgets GIB ...), the last bundle: for each, `dpir restore --dry-run --max-memory` (the
+   tile, the estimate) and a SIZExSIZE restore within it (peak GPU memory, time, or the error): which card
+   sizes the restore fits.
 
 --device cpu --ep cpu runs the same steps without a GPU (on tiny models, with --onnxruntime-gpu naming any ONNX
 Runtime library folder), to check the script itself; tools/test.sh does, and so does tools/device/rehearse.sh.
@@ -120,6 +123,24 @@ def bench(args, bundle, env, size, runs, steps):
             "transformer_run_ms": per_step, "images_per_s": 1.0 / total, "tiles": int(tiles), **memory}
 
 
+def within_budget(args, bundle, env, image, gib):
+    """A restore of `image` with --max-memory `gib`: the tile and estimate of a dry run, then the restore's peak
+    GPU memory and time, or the error it stopped with (a budget too small is refused with what it needs)."""
+    budget = ["--max-memory", str(gib), "--steps", str(args.steps)]
+    dry = subprocess.run(dpir(args, bundle, args.ep, "restore", image, WORK / "budget.npy") + budget + ["--dry-run"],
+                         env=env, capture_output=True, text=True)
+    figures = {"budget_gib": gib, "dry_run": (dry.stdout + dry.stderr).strip()}
+    started = time.monotonic()
+    with gpu_memory() as memory:
+        done = subprocess.run(dpir(args, bundle, args.ep, "restore", image, WORK / "budget.npy") + budget
+                              + ["--quiet"], env=env, capture_output=True, text=True)
+    figures.update(memory, seconds=time.monotonic() - started, ok=done.returncode == 0, stderr=done.stderr.strip())
+    print(f"  within {gib} GiB: {figures['dry_run']!r} -> {'ok' if figures['ok'] else figures['stderr']}"
+          f"{'' if 'peak_mib' not in figures else ', peak GPU memory %d MiB' % figures['peak_mib']}, "
+          f"{figures['seconds']:.1f} s")
+    return figures
+
+
 def restore(args, bundle, ep, env, image, noise, steps, save_noise):
     """One `dpir restore` of `image` from `noise` (saving it first when `save_noise`); returns the output."""
     output = WORK / f"gpu-{bundle.name}-{ep.replace(':', '')}-{Path(image).stem}.npy"
@@ -215,6 +236,8 @@ def main():
     ap.add_argument("--onnxruntime-gpu", type=Path, default=ROOT / "build" / "onnxruntime-gpu" / "lib")
     ap.add_argument("--device", default="cuda", help="PyTorch device")
     ap.add_argument("--ep", default="cuda", help="the runtime's execution provider")
+    ap.add_argument("--budgets", type=float, nargs="*", default=[6, 8, 12],
+                    help="memory budgets (GiB) to restore the last bundle's SIZExSIZE within")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--prepare-only", action="store_true", help="make the models and bundles, then stop")
     args = ap.parse_args()
@@ -253,6 +276,8 @@ def main():
         on_cpu = restore(args, last, "cpu", env, small, small_noise, 4, save_noise=False)
         report["rust_ep_vs_cpu"] = {"bundle": last.name, "size": args.check_size, "steps": 4,
                                     **differences(on_ep, on_cpu)}
+
+    report["budgets"] = [within_budget(args, last, env, picture, gib) for gib in args.budgets]
 
     with gpu_memory() as memory:
         torch_figures, torch_output = pytorch(args, manifest, np.load(picture), np.load(noise))

@@ -150,7 +150,7 @@ def budget(bundle, work, manifest):
     transformer = sum((bundle / f).stat().st_size for f in ("transformer.onnx", "transformer.onnx.data")
                       if (bundle / f).exists())
     limit = transformer / GIB + 3
-    steps = ["--steps", "4"]
+    steps = ["--steps", "2"]
     for name, flags in (("no budget", []), (f"--max-memory {limit:.2f}", ["--max-memory", f"{limit:.2f}"])):
         guess, out = estimate(bundle, image, *steps, *flags)
         tile = re.search(r"tiles: (\d+) of (\d+) pixels", out).group(2)
