@@ -46,7 +46,7 @@ impl Frame {
     ) -> Result<Frame> {
         let plan = Plan::new(model.manifest(), settings.output, &settings)?;
         let need = Need::of(model.manifest(), &settings, &plan, model.execution_provider());
-        model.enter(Phase::Prompt, need.working(Phase::Prompt));
+        model.enter(Phase::Prompt, &need);
         let text = model.text_block(options.prompt.as_deref(), options.prompt_text.as_deref(), call)?;
         call.report(Progress::per_tile(Stage::Prompt, 0, settings.steps, 1, plan.tiles.len()))?;
         let prompt = FramePrompt::new(model, context, is_frame, text, &settings, call)?;

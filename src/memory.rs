@@ -6,12 +6,12 @@
 //! provider with the full-size random bundle (README, "Memory"). On a GPU the same figures are an upper bound:
 //! the CUDA provider computes fp16 graphs in fp16, and at opset 23 it does not materialise the attention scores.
 
-use crate::bundle::{Architecture, ClipInput, Manifest};
+use crate::bundle::{Architecture, Manifest};
 use crate::error::{Error, Result};
 use crate::options::{Settings, TileMode};
 use crate::plan::Plan;
 use crate::prompt::global_tiles;
-use crate::residency::Phase;
+use crate::residency::Group;
 use crate::runtime::ExecutionProvider;
 
 // Coefficients measured with tools/bench/memory.py (graphs) on ONNX Runtime 1.31.1's CPU provider, fp32, each
@@ -27,6 +27,11 @@ const VAE_PIXELS: f64 = 5.3;
 const VAE_SCORES: f64 = 1.8;
 /// The larger CLIP tower's activations per crop, in units of its hidden width per token (fitted: 24.3).
 const CLIP_TOKENS: f64 = 24.0;
+/// A whole restore's peak exceeds the weights plus the graphs' activations measured one at a time: by 14 to
+/// 30% of the latter in the full-size bundle's restores (README, "Memory"), from ONNX Runtime's arenas rounding
+/// their blocks up, the copies between dpir and the runs, and dpir's own buffers. The working memory is taken
+/// this much larger.
+const WORKING_HEADROOM: f64 = 1.3;
 /// ONNX Runtime's CPU provider widens float16 and bfloat16 weights to float32 inside the graph; resident
 /// weights then take this many times the bytes on disk (fp16 bundle, 512x512: 8.4 GiB for 4.95 on disk).
 const CPU_HALF_WEIGHTS: f64 = 1.7;
@@ -34,14 +39,16 @@ const CPU_HALF_WEIGHTS: f64 = 1.7;
 /// the tiny bundle peaks at 43 MB).
 const RUNTIME_BASE: u64 = 48 << 20;
 
-/// The memory a restore needs, by stage, beside the weights.
+/// The memory a restore needs beside the weights: what each group's sessions hold once they have run (ONNX
+/// Runtime's arenas keep a session's largest run until the session is dropped), and dpir's buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Need {
-    /// The largest run of the prompt stage: the CLIP towers over the global crops (and the VAE for an initial
-    /// restoration).
-    pub prompt: u64,
-    /// The sampling stage's: a transformer step's activations and the VAE's over a tile, both held at once.
-    pub sample: u64,
+    /// The prompt encoders': the CLIP towers over the global crops.
+    pub encoders: u64,
+    /// The transformer's: one step over a tile.
+    pub transformer: u64,
+    /// The VAE's: a tile with its margins (the largest activations on the CPU).
+    pub vae: u64,
     /// dpir's buffers and the runtime's own, through the whole restore.
     pub buffers: u64,
 }
@@ -57,6 +64,14 @@ pub(crate) struct Weights {
 impl Weights {
     fn all(&self) -> u64 {
         self.vae + self.encoders + self.transformer
+    }
+
+    pub(crate) fn of(&self, group: Group) -> u64 {
+        match group {
+            Group::Vae => self.vae,
+            Group::Encoders => self.encoders,
+            Group::Transformer => self.transformer,
+        }
     }
 
     /// The resident bytes of `on_disk` weights of a `dtype` bundle on `provider`.
@@ -99,42 +114,44 @@ impl Need {
         let transformer = (samples * guided) as f64 * transformer_bytes(&a, tokens, element);
         let crops = global_tiles(plan.frame.0, plan.frame.1, &manifest.clip).len().max(1);
         let clip = crops as f64 * element * CLIP_TOKENS * (a.clip_crop_tokens * a.clip_width) as f64;
-        let prompt_vae = if settings.clip_input == ClipInput::InitialRestoration { vae } else { 0.0 };
-        Need {
-            prompt: clip.max(prompt_vae) as u64,
-            // ONNX Runtime's arena keeps what a session took: the transformer's activations are still held
-            // while the decoder runs after it (what the measured peaks show).
-            sample: (transformer + vae) as u64,
-            buffers: plan.estimated_bytes(manifest, settings) + RUNTIME_BASE,
+        let buffers = (plan.estimated_bytes(manifest, settings) + RUNTIME_BASE) as f64;
+        let held = |bytes: f64| (WORKING_HEADROOM * bytes) as u64;
+        Need { encoders: held(clip), transformer: held(transformer), vae: held(vae), buffers: held(buffers) }
+    }
+
+    /// What `group`'s sessions hold beside their weights once they have run.
+    pub(crate) fn held(&self, group: Group) -> u64 {
+        match group {
+            Group::Vae => self.vae,
+            Group::Encoders => self.encoders,
+            Group::Transformer => self.transformer,
         }
     }
 
-    /// The peak of a restore with `weights`, within `budget` if any: all graphs loaded through both stages when
-    /// they fit, else each stage with its own graphs and those of the other stage that still fit beside them
-    /// (as [`Residency::enter`](crate::residency::Residency::enter) does).
+    /// The peak of a restore with `weights`, within `budget` if any: every graph loaded through both stages
+    /// when they fit, else each stage with its own graphs and those of the other stage that still fit beside them
+    /// (as [`Residency::enter`](crate::residency::Residency::enter) decides). A loaded graph counts with what its
+    /// sessions hold (a frame after the first finds the other stage's arenas grown).
     pub(crate) fn peak(&self, weights: &Weights, budget: Option<u64>) -> Peak {
-        let together = weights.all() + self.prompt.max(self.sample) + self.buffers;
+        let cost = |group: Group| weights.of(group) + self.held(group);
+        let groups = [Group::Vae, Group::Encoders, Group::Transformer];
+        let together = groups.iter().map(|&g| cost(g)).sum::<u64>() + self.buffers;
         let Some(budget) = budget.filter(|&b| together > b) else {
             return Peak { bytes: together, weights: weights.all(), staged: false };
         };
-        let stage = |own: u64, other: u64, working: u64| {
-            let own = weights.vae + own;
-            let loaded = if own + other + working + self.buffers <= budget { own + other } else { own };
-            (loaded + working + self.buffers, loaded)
+        let stage = |own: Group, other: Group| {
+            let mut bytes = cost(Group::Vae) + cost(own) + self.buffers;
+            let mut loaded = weights.vae + weights.of(own);
+            if bytes + cost(other) <= budget {
+                bytes += cost(other);
+                loaded += weights.of(other);
+            }
+            (bytes, loaded)
         };
-        let prompt = stage(weights.encoders, weights.transformer, self.prompt);
-        let sample = stage(weights.transformer, weights.encoders, self.sample);
+        let prompt = stage(Group::Encoders, Group::Transformer);
+        let sample = stage(Group::Transformer, Group::Encoders);
         let (bytes, weights) = if prompt.0 >= sample.0 { prompt } else { sample };
         Peak { bytes, weights, staged: true }
-    }
-
-    /// The bytes a phase works with beside the weights.
-    pub(crate) fn working(&self, phase: Phase) -> u64 {
-        self.buffers
-            + match phase {
-                Phase::Prompt => self.prompt,
-                Phase::Sample => self.sample,
-            }
     }
 }
 

@@ -8,7 +8,7 @@ use ndarray::{concatenate, s, Array1, Array2, Array3, Array4, ArrayView3, ArrayV
 
 use crate::bundle::{self, Manifest, Role};
 use crate::error::{Error, Result};
-use crate::memory::Weights;
+use crate::memory::{Need, Weights};
 use crate::noise::{latent_noise, Stream};
 use crate::pixels::MAX_SIDE;
 use crate::progress::Call;
@@ -149,9 +149,9 @@ impl Model {
         &self.weights
     }
 
-    /// Makes room for `phase` within the budget; `working`: the bytes it needs beside the weights.
-    pub(crate) fn enter(&self, phase: Phase, working: u64) {
-        self.graphs.enter(phase, working)
+    /// Makes room for `phase` within the budget, for a restore that needs `need`.
+    pub(crate) fn enter(&self, phase: Phase, need: &Need) {
+        self.graphs.enter(phase, |group| self.weights.of(group), |group| need.held(group), need.buffers)
     }
 
     /// A graph by file name, loaded if it was released.

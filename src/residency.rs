@@ -80,6 +80,11 @@ impl Slot {
         self.graph.lock().is_some()
     }
 
+    /// Whether the loaded session has run, so that its arena holds memory.
+    fn has_run(&self) -> bool {
+        self.graph.lock().as_ref().is_some_and(|g| g.runs() > 0)
+    }
+
     /// The graph, loaded again if it was released. A run holds its own reference, so a release while another
     /// thread runs the graph frees it when that run ends.
     fn get(&self, runtime: &Runtime) -> Result<Arc<Graph>> {
@@ -155,16 +160,34 @@ impl Residency {
         self.slots.iter().filter(|s| s.is_loaded()).map(|s| s.weights).sum()
     }
 
-    /// Makes room for `phase`, which will need `working` bytes beside the weights (its activations, dpir's
-    /// buffers and the runtime's own): without a budget, nothing changes; within one, the graphs the phase does
-    /// not need are released when keeping them beside the phase's own would exceed it. The phase's graphs load
-    /// when first run (a text encoder no restore asks for stays unloaded).
-    pub(crate) fn enter(&self, phase: Phase, working: u64) {
+    /// Makes room for `phase`: without a budget, nothing changes; within one, the graphs the phase does not
+    /// need are released when keeping them beside the phase's own would exceed it. A group takes its `weights`,
+    /// and once its sessions have run what they `hold` (ONNX Runtime's arenas keep a session's largest run);
+    /// `buffers` is what the restore takes besides. The phase's graphs load when first run (a text encoder no
+    /// restore asks for stays unloaded).
+    pub(crate) fn enter(
+        &self,
+        phase: Phase,
+        weights: impl Fn(Group) -> u64,
+        hold: impl Fn(Group) -> u64,
+        buffers: u64,
+    ) {
         let Some(budget) = self.budget else { return };
-        let needed: u64 = self.slots.iter().filter(|s| phase.needs(s.group)).map(|s| s.weights).sum();
-        let kept: u64 = self.slots.iter().filter(|s| !phase.needs(s.group) && s.is_loaded()).map(|s| s.weights).sum();
-        if needed + kept + working > budget {
+        let groups = [Group::Vae, Group::Encoders, Group::Transformer];
+        let in_group = |group: Group| self.slots.iter().filter(move |s| s.group == group);
+        let kept = |group: Group| {
+            let held = if in_group(group).any(Slot::has_run) { hold(group) } else { 0 };
+            if in_group(group).any(Slot::is_loaded) {
+                weights(group) + held
+            } else {
+                0
+            }
+        };
+        let needed: u64 = groups.iter().filter(|&&g| phase.needs(g)).map(|&g| weights(g) + hold(g)).sum();
+        let others: u64 = groups.iter().filter(|&&g| !phase.needs(g)).map(|&g| kept(g)).sum();
+        if needed + others + buffers > budget {
             self.slots.iter().filter(|s| !phase.needs(s.group)).for_each(Slot::release);
+            give_back_freed_memory();
         }
     }
 }
@@ -175,4 +198,16 @@ fn weights_on_disk(file: &Path) -> u64 {
     let mut data = file.as_os_str().to_owned();
     data.push(".data");
     size(file) + size(Path::new(&data))
+}
+
+/// Hands the heap memory that released graphs freed back to the system. Most of a graph's weights are tensors
+/// under glibc's mmap threshold, so freeing them leaves the pages in the heap: resident, and not reused by the
+/// large activation buffers that follow (those are mapped apart). Measured: releasing the CLIP towers of the
+/// full-size bundle lowered the peak by 0.95 GiB of their 1.46 without this.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -79,8 +79,8 @@ pub struct Requirements {
     pub estimated_bytes: u64,
     /// The part of `estimated_bytes` that is weights.
     pub weights_bytes: u64,
-    /// The tile side, in pixels: the options' (or the bundle's default), or within a memory budget the largest
-    /// that fits.
+    /// The tile size, in pixels: the options' (or the bundle's default), or within a memory budget the largest
+    /// that fits; the value to pass as the tile size to plan the same tiles. A frame smaller than it is one tile.
     pub tile_size: usize,
     /// Whether, within the memory budget, the prompt encoders and the transformer take turns in memory.
     pub releases_graphs: bool,

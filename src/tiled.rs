@@ -58,7 +58,7 @@ impl Render<'_> {
             return band.flush_until(usize::MAX, self.source, sink);
         }
         let prompts = self.prompts(&wanted)?;
-        self.model.enter(Phase::Sample, self.need.working(Phase::Sample));
+        self.model.enter(Phase::Sample, self.need);
         if self.plan.tiles.len() == 1 {
             // One tile is the whole frame: nothing to blend.
             let tile = &self.plan.tiles[0];
@@ -82,7 +82,7 @@ impl Render<'_> {
     /// The prompt stage of `tiles`: each one's own CLIP features, from what CLIP sees of its visible pixels (the
     /// LQ pixels, or the decoded input latent).
     fn prompts(&self, tiles: &[Tile]) -> Result<Vec<Features>> {
-        self.model.enter(Phase::Prompt, self.need.working(Phase::Prompt));
+        self.model.enter(Phase::Prompt, self.need);
         let mut prompts = Vec::with_capacity(tiles.len());
         for (index, tile) in tiles.iter().enumerate() {
             self.call.report(Progress::prompt(self.settings.steps, index + 1, tiles.len()))?;
@@ -179,7 +179,7 @@ impl Render<'_> {
         let prompts = self.prompts(&block)?;
         let conditions: Vec<Conditioning> =
             prompts.iter().map(|p| self.prompt.condition(self.model.manifest(), p)).collect();
-        self.model.enter(Phase::Sample, self.need.working(Phase::Sample));
+        self.model.enter(Phase::Sample, self.need);
 
         // The input latent of the block: tiles encoded with margins, blended over their overlaps.
         let mut z_lq = zeroed_planes(Ix4(1, channels, block_rect.height, block_rect.width))?;

@@ -616,6 +616,8 @@ restore_drawable (GimpImage            *image,
   dpir_load_options     load;
   dpir_restore_options  options;
   dpir_region           region;
+  dpir_requirements     needs;
+  gchar                *progress_text;
   dpir_pixels           crop, context, destination;
   dpir_rect             rect, roi;
   dpir_status           status;
@@ -674,6 +676,8 @@ restore_drawable (GimpImage            *image,
   rect.width  = (uint32_t) width;
   rect.height = (uint32_t) height;
   status = dpir_region_of_interest (restorer, frame_width, frame_height, &rect, &options, &roi);
+  if (status == DPIR_STATUS_OK)
+    status = dpir_get_requirements (restorer, frame_width, frame_height, &options, &needs, sizeof needs);
   if (status != DPIR_STATUS_OK)
     {
       set_dpir_error (error, "cannot restore this layer", status, dpir_last_error_message ());
@@ -710,7 +714,10 @@ restore_drawable (GimpImage            *image,
       goto out;
     }
 
-  gimp_progress_set_text ("DPIR: restoring");
+  progress_text = g_strdup_printf ("DPIR: restoring (memory: about %.1f GiB at the peak)",
+                                   (double) needs.estimated_bytes / 1073741824.0);
+  gimp_progress_set_text (progress_text);
+  g_free (progress_text);
   status = run_restore (restorer, &region, &destination, &options, &message);
   if (status == DPIR_STATUS_CANCELLED)
     {

@@ -9,9 +9,9 @@ graphs:   each graph's own activations, the peak resident memory of one run in a
           the coefficients in src/memory.rs.
 restores: `dpir restore` of a 1024x1024 picture at three tile sizes in a fresh process each: its peak resident
           memory (getrusage) against `dpir restore --dry-run`'s estimate.
-budget:   a 512x512 restore with no budget and with --max-memory = the transformer's weights + 3 GiB; then two
-          frames in one batch with a budget that makes the encoders and the transformer take turns, against the
-          same batch unlimited: what releasing and reloading costs.
+budget:   a 512x512 restore with no budget and with --max-memory = the transformer's weights + 3 GiB.
+turns:    two 512x512 frames in one batch, unlimited and with a budget just under what holding every graph takes,
+          which makes the stages take turns: what releasing and loading again costs.
 
 Make the bundle first (tools/bench/full_size.py, or its two steps: `python -m dpir_export.full_size` and the
 converter). The numbers go to README's "Memory".
@@ -144,7 +144,7 @@ def restores(bundle, work):
               f"{guess / (rss / GIB):5.2f}                 {wall:5.1f} s")
 
 
-def budget(bundle, work, manifest):
+def budget(bundle, work):
     image = work / "input-512.npy"
     picture(image, 512)
     transformer = sum((bundle / f).stat().st_size for f in ("transformer.onnx", "transformer.onnx.data")
@@ -153,16 +153,23 @@ def budget(bundle, work, manifest):
     steps = ["--steps", "2"]
     for name, flags in (("no budget", []), (f"--max-memory {limit:.2f}", ["--max-memory", f"{limit:.2f}"])):
         guess, out = estimate(bundle, image, *steps, *flags)
-        tile = re.search(r"tiles: (\d+) of (\d+) pixels", out).group(2)
+        tile = re.search(r"tile size (\d+) pixels", out).group(1)
         out, rss, wall = run_measured([DPIR, "restore", image, work / "out.npy", "--model", bundle, *steps, *flags])
-        print(f"512x512, {name}: tile {tile} px, estimate {guess:.2f} GiB, peak RSS {rss / GIB:.2f} GiB, "
+        print(f"512x512, {name}: tile size {tile} px, estimate {guess:.2f} GiB, peak RSS {rss / GIB:.2f} GiB, "
               f"{wall:.1f} s (load and restore)")
 
-    # Two frames in one batch: a budget under what holding everything takes makes the stages take turns.
+
+def turns(bundle, work):
+    """Two frames in one batch, unlimited and within a budget just under what holding every graph takes: the
+    second run releases the encoders before each frame's sampling and loads them again for the next frame."""
+    from PIL import Image
+    image = work / "input-512.npy"
+    picture(image, 512)
+    steps = ["--steps", "2"]
     frames = work / "frames"
     frames.mkdir(exist_ok=True)
     for i in (1, 2):
-        picture(frames / f"f{i}.npy", 512)
+        Image.fromarray((np.load(image) * 255).round().astype(np.uint8)).save(frames / f"f{i}.png")
     together, _ = estimate(bundle, image, *steps)
     tight = together - 0.05
     guess, out = estimate(bundle, image, *steps, "--max-memory", f"{tight:.2f}")
@@ -177,7 +184,7 @@ def budget(bundle, work, manifest):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=ROOT / "build" / "full" / "bundle-fp32")
-    ap.add_argument("parts", nargs="*", default=["graphs", "restores", "budget"])
+    ap.add_argument("parts", nargs="*", default=["graphs", "restores", "budget", "turns"])
     args = ap.parse_args()
     manifest = json.loads((args.bundle / "dpir.json").read_text())
     work = ROOT / "build" / "full" / "memory"
@@ -185,7 +192,7 @@ def main():
     for part in args.parts:
         print(f"== {part}", flush=True)
         {"graphs": lambda: graphs(args.bundle, manifest), "restores": lambda: restores(args.bundle, work),
-         "budget": lambda: budget(args.bundle, work, manifest)}[part]()
+         "budget": lambda: budget(args.bundle, work), "turns": lambda: turns(args.bundle, work)}[part]()
 
 
 if __name__ == "__main__":

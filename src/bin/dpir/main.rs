@@ -484,7 +484,7 @@ fn dry_run_report(
     let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     println!("input: {width}x{height}");
     println!("output: {}x{}", needs.output_size.0, needs.output_size.1);
-    println!("tiles: {} of {} pixels", needs.tiles, needs.tile_size);
+    println!("tiles: {} (tile size {} pixels)", needs.tiles, needs.tile_size);
     println!(
         "estimated peak memory: {:.2} GiB ({:.2} GiB of weights{})",
         gib(needs.estimated_bytes),
