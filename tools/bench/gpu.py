@@ -127,8 +127,8 @@ def within_budget(args, bundle, env, image, gib):
     """A restore of `image` with --max-memory `gib`: the tile and estimate of a dry run, then the restore's peak
     GPU memory and time, or the error it stopped with (a budget too small is refused with what it needs)."""
     budget = ["--max-memory", str(gib), "--steps", str(args.steps)]
-    dry = subprocess.run(dpir(args, bundle, args.ep, "restore", image, WORK / "budget.npy") + budget + ["--dry-run"],
-                         env=env, capture_output=True, text=True)
+    dry = subprocess.run(dpir(args, bundle, args.ep, "restore", image, WORK / "budget.npy") + budget
+                         + ["--dry-run", "--quiet"], env=env, capture_output=True, text=True)
     figures = {"budget_gib": gib, "dry_run": (dry.stdout + dry.stderr).strip()}
     started = time.monotonic()
     with gpu_memory() as memory:
