@@ -166,7 +166,7 @@ pub(crate) fn fitting_tile(
 ) -> Result<usize> {
     let patch = manifest.transformer.patch_size;
     let smallest = (settings.overlap / patch + 1) * patch;
-    let mut least = u64::MAX;
+    let mut least = (u64::MAX, smallest);
     for tile in (smallest..=settings.tile).rev().step_by(patch) {
         let candidate = Settings { tile, ..settings.clone() };
         let plan = Plan::new(manifest, settings.output, &candidate)?;
@@ -174,14 +174,14 @@ pub(crate) fn fitting_tile(
         if peak.bytes <= budget {
             return Ok(tile);
         }
-        least = least.min(peak.bytes);
+        least = least.min((peak.bytes, tile));
     }
     Err(Error::OutOfMemory(format!(
-        "a memory budget of {} is too small for this model: the smallest tile ({smallest} latent samples, {} \
-         pixels) needs about {}; allow at least that much",
+        "a memory budget of {} is too small for this model: this restore needs about {} at the least (with a tile \
+         size of {} pixels); allow at least that much",
         gib(budget),
-        smallest * manifest.latent.downscale,
-        gib(least)
+        gib(least.0),
+        least.1 * manifest.latent.downscale
     )))
 }
 
