@@ -6,7 +6,6 @@ use ndarray::Array4;
 
 use crate::bundle::{self, ClipInput, ColorFix, Manifest, VAE_MARGIN};
 use crate::error::{Error, Result};
-use crate::memory;
 use crate::model::{check_scale, Model};
 use crate::pixels::MAX_SIDE;
 use crate::progress::{CancelToken, Control, Progress, ProgressFn};
@@ -275,7 +274,7 @@ impl Settings {
                 (options.tile_mode == TileMode::Joint).then_some(context_margin),
             )?;
         }
-        let mut settings = Settings {
+        Ok(Settings {
             scale,
             output,
             steps,
@@ -289,11 +288,7 @@ impl Settings {
             overlap,
             batch,
             context_margin,
-        };
-        if let Some(budget) = model.budget() {
-            settings.tile = memory::fitting_tile(m, &settings, model.weights(), model.execution_provider(), budget)?;
-        }
-        Ok(settings)
+        })
     }
 }
 

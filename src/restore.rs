@@ -149,7 +149,7 @@ impl Restorer {
     /// frame's starting noise and timings.
     pub fn restore_detailed(&self, image: &Image, options: &RestoreOptions) -> Result<Restoration> {
         let frame_in = (image.width(), image.height());
-        let settings = Settings::resolve(&self.model, options, frame_in)?;
+        let settings = self.settings(options, frame_in)?;
         let (width, height) = settings.output;
         let source = FrameSource::new(SourceData::Image(image), (0, 0), frame_in, (width, height));
         let control = options.control();
@@ -171,7 +171,7 @@ impl Restorer {
     /// The starting noise a restore of a `width x height` input draws over the whole padded latent frame,
     /// (1, C, h, w): what `--save-noise` writes and [`RestoreOptions::noise`] accepts.
     pub fn starting_noise(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Array4<f32>> {
-        let settings = Settings::resolve(&self.model, options, (width, height))?;
+        let settings = self.settings(options, (width, height))?;
         let (w, h) = settings.output;
         let (lw, lh) = self.manifest().latent_size(w, h);
         latent_noise(settings.seed, Stream::Start, self.manifest().latent.channels, (0, 0), (lh, lw))
@@ -187,7 +187,7 @@ impl Restorer {
     ) -> Result<Stats> {
         let layout = source.layout();
         let frame = (layout.width, layout.height);
-        let (w, h) = Settings::resolve(&self.model, options, frame)?.output;
+        let (w, h) = self.settings(options, frame)?.output;
         let region = Region::new(*source, (0, 0), frame, Rect::new(0, 0, w, h));
         self.restore_region(&region, dest, options)
     }
@@ -202,7 +202,7 @@ impl Restorer {
         dest: &mut PixelsMut<'_>,
         options: &RestoreOptions,
     ) -> Result<Stats> {
-        let settings = Settings::resolve(&self.model, options, region.frame)?;
+        let settings = self.settings(options, region.frame)?;
         let (width, height) = settings.output;
         check_region_call(region.frame, (width, height), &region.source, region.origin, region.rect, dest)?;
         let crop = region.source.layout();
@@ -222,6 +222,17 @@ impl Restorer {
             frame.restore_into(&region.source, region.origin, region.rect, dest, &call)
         })?;
         Ok(call.stats())
+    }
+
+    /// The settings of a restore of a `frame` (width, height): the options resolved against the model and,
+    /// within a memory budget, the largest tile that fits.
+    fn settings(&self, options: &RestoreOptions, frame: (usize, usize)) -> Result<Settings> {
+        let mut settings = Settings::resolve(&self.model, options, frame)?;
+        if let Some(budget) = self.model.budget() {
+            let (m, weights, provider) = (self.manifest(), self.model.weights(), self.execution_provider());
+            settings.tile = memory::fitting_tile(m, &settings, weights, provider, budget)?;
+        }
+        Ok(settings)
     }
 
     /// Runs `attempt` with `settings` and, when ONNX Runtime runs out of memory, once more with a smaller tile,
@@ -272,7 +283,7 @@ impl Restorer {
     /// tiles it needs, and equals [`Restorer::restore_region`] with the same context bit for bit: a host that
     /// renders one frame as many tiles computes the global prompt (many CLIP passes on the real model) once.
     pub fn frame(&self, frame: (usize, usize), context: Pixels<'_>, options: &RestoreOptions) -> Result<Frame> {
-        let settings = Settings::resolve(&self.model, options, frame)?;
+        let settings = self.settings(options, frame)?;
         let control = options.control();
         self.prepare(frame, context, settings, options, &Call::new(&control))
     }
@@ -297,14 +308,14 @@ impl Restorer {
     /// The input pixels (frame coordinates) a render of `rect` (output-frame pixels) reads, for a frame of
     /// `frame` (width, height) input pixels. Hosts that render in tiles ask for this much around each tile.
     pub fn region_of_interest(&self, frame: (usize, usize), rect: Rect, options: &RestoreOptions) -> Result<Rect> {
-        let settings = Settings::resolve(&self.model, options, frame)?;
+        let settings = self.settings(options, frame)?;
         let plan = Plan::new(self.manifest(), settings.output, &settings)?;
         crate::tiled::region_of_interest(&plan, frame, rect, &settings)
     }
 
     /// What restoring a `width x height` image with these options needs.
     pub fn requirements(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<Requirements> {
-        let settings = Settings::resolve(&self.model, options, (width, height))?;
+        let settings = self.settings(options, (width, height))?;
         let output_size = settings.output;
         let plan = Plan::new(self.manifest(), output_size, &settings)?;
         let peak = Need::of(self.manifest(), &settings, &plan, self.execution_provider())
@@ -329,6 +340,6 @@ impl Restorer {
     /// The output (width, height) a restore of a `width x height` input with these options makes: the input's
     /// times the scale, or [`paper_size`](crate::paper_size) with [`RestoreOptions::paper_size`].
     pub fn output_size_for(&self, width: usize, height: usize, options: &RestoreOptions) -> Result<(usize, usize)> {
-        Ok(Settings::resolve(&self.model, options, (width, height))?.output)
+        Ok(self.settings(options, (width, height))?.output)
     }
 }
