@@ -407,6 +407,12 @@ typedef uint32_t dpir_tile_mode;
 #endif // __cplusplus
 
 /**
+ * A model bundle whose manifest has been read and checked, without ONNX Runtime or any graph: cheap to open
+ * whenever a dialog's model changes. Free it with `dpir_bundle_free()`.
+ */
+typedef struct dpir_bundle dpir_bundle;
+
+/**
  * A cancel handle: one thread triggers it, the restores that were given it stop before their next model call
  * and return `DPIR_STATUS_CANCELLED`. A triggered handle stays triggered: use a new one for the next restore.
  */
@@ -845,6 +851,63 @@ typedef struct dpir_requirements {
 } dpir_requirements;
 
 /**
+ * What a bundle is, filled by `dpir_bundle_get_info()`: the values `dpir_restore_options` fields left at their
+ * defaults take, tile sizes in pixels. Strings belong to the bundle and stay valid until `dpir_bundle_free()`.
+ * Fields are only ever appended.
+ */
+typedef struct dpir_bundle_info {
+    /**
+     * `sizeof(dpir_bundle_info)` as passed to `dpir_bundle_get_info()`.
+     */
+    size_t size;
+    /**
+     * The bundle's folder (a `dpir.json` named in its place is resolved to its folder).
+     */
+    const char *path;
+    /**
+     * The bundle's model name (its manifest's `name`).
+     */
+    const char *model_name;
+    /**
+     * A `dpir_model_source`: how the bundle was found.
+     */
+    uint32_t source;
+    /**
+     * Denoising steps when the options leave them at 0.
+     */
+    uint32_t default_steps;
+    /**
+     * Guidance scale when the options leave it at 0 (1: no guidance).
+     */
+    float default_guidance;
+    /**
+     * Seed when the options leave it at `DPIR_SEED_DEFAULT`.
+     */
+    uint64_t default_seed;
+    /**
+     * Pixels per latent sample along each side: `tile_size` and `tile_overlap` of `dpir_restore_options` are
+     * pixels divided by this.
+     */
+    uint32_t pixels_per_latent;
+    /**
+     * Tile side in pixels when the options leave it at 0.
+     */
+    uint32_t default_tile_pixels;
+    /**
+     * Tile overlap in pixels when the options leave it at -1.
+     */
+    uint32_t default_overlap_pixels;
+    /**
+     * Tile sides are multiples of this many pixels.
+     */
+    uint32_t tile_step_pixels;
+    /**
+     * The largest tile side, in pixels: one model pass.
+     */
+    uint32_t max_tile_pixels;
+} dpir_bundle_info;
+
+/**
  * A progress callback: called before each model call with `user_data` from the options. Return 0 to go on,
  * nonzero to cancel (the restore then returns `DPIR_STATUS_CANCELLED` and writes nothing).
  *
@@ -1238,6 +1301,39 @@ dpir_status dpir_frame_restore_region(const struct dpir_frame *frame,
  * `frame` must be NULL or a frame from `dpir_frame_new()` not yet freed and not in use.
  */
 void dpir_frame_free(struct dpir_frame *frame);
+
+/**
+ * Finds the model bundle `path` names (its folder or its `dpir.json`) or, when `path` is NULL or "", dpir's
+ * default (`DPIR_MODEL`, else `~/.local/share/dpir/model`, as `dpir_default_model_dir()` says), reads and
+ * checks its manifest, and stores it in `*bundle`. Loads neither ONNX Runtime nor a graph: graphs are checked
+ * by `dpir_restorer_load()`.
+ *
+ * On failure `*bundle` is set to NULL: `DPIR_STATUS_INVALID_ARGUMENT` (NULL `bundle`), `DPIR_STATUS_BUNDLE`
+ * (no model found, not a bundle, an invalid manifest; for a folder that holds bundles, the message names
+ * them), `DPIR_STATUS_IO`. Thread-safe.
+ *
+ * # Safety
+ * `path` must be NULL or a NUL-terminated path; `bundle` NULL or writable.
+ */
+dpir_status dpir_bundle_open(const char *path, struct dpir_bundle **bundle);
+
+/**
+ * Describes a bundle into `*info`, a struct of `size` bytes (pass `sizeof *info`). Thread-safe.
+ *
+ * Returns `DPIR_STATUS_INVALID_ARGUMENT` for a NULL argument or an unknown `size`.
+ *
+ * # Safety
+ * `bundle` must be NULL or live; `info` NULL or valid for writing `size` bytes.
+ */
+dpir_status dpir_bundle_get_info(const struct dpir_bundle *bundle, struct dpir_bundle_info *info, size_t size);
+
+/**
+ * Frees a bundle. NULL does nothing.
+ *
+ * # Safety
+ * `bundle` must be NULL or a bundle from `dpir_bundle_open()` not yet freed.
+ */
+void dpir_bundle_free(struct dpir_bundle *bundle);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -21,12 +21,102 @@ pub const MANIFEST_FILE: &str = "dpir.json";
 /// with it reported, never skipped), else the per-user location `$XDG_DATA_HOME/dpir/model` (by default
 /// `~/.local/share/dpir/model`) when that folder exists. The CLI and both host plug-ins look here.
 pub fn default_model_dir() -> Option<PathBuf> {
+    default_model().map(|(dir, _)| dir)
+}
+
+/// Where a model bundle was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// Named by the caller.
+    Named,
+    /// Named by `$DPIR_MODEL`.
+    Environment,
+    /// The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`).
+    DefaultPlace,
+}
+
+/// The per-user place for the model, whether or not it exists.
+fn default_place() -> Option<PathBuf> {
     let set = |name| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = set("DPIR_MODEL") {
-        return Some(dir);
-    }
     let data = set("XDG_DATA_HOME").filter(|dir| dir.is_absolute()).or_else(|| Some(set("HOME")?.join(".local/share")));
-    data.map(|data| data.join("dpir").join("model")).filter(|dir| dir.is_dir())
+    data.map(|data| data.join("dpir").join("model"))
+}
+
+fn default_model() -> Option<(PathBuf, ModelSource)> {
+    if let Some(dir) = std::env::var_os("DPIR_MODEL").filter(|value| !value.is_empty()) {
+        return Some((PathBuf::from(dir), ModelSource::Environment));
+    }
+    default_place().filter(|dir| dir.is_dir()).map(|dir| (dir, ModelSource::DefaultPlace))
+}
+
+/// The bundle folder `path` names: the folder itself, or the folder of the `dpir.json` it names (what file
+/// pickers that only pick files hand over).
+pub fn bundle_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if path.file_name() == Some(MANIFEST_FILE.as_ref()) && path.is_file() => parent,
+        _ => path,
+    }
+}
+
+/// A model bundle found and its manifest read, without loading a graph or ONNX Runtime: what a host's dialog
+/// shows before anything runs (which model, from where, and its defaults).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BundleInfo {
+    /// The bundle's folder.
+    pub dir: PathBuf,
+    /// How it was found.
+    pub source: ModelSource,
+    /// Its manifest, checked.
+    pub manifest: Manifest,
+}
+
+impl BundleInfo {
+    /// Finds the bundle `path` names (its folder or its `dpir.json`), or, when `path` is `None` or empty, dpir's
+    /// default ([`default_model_dir`]), and reads its manifest.
+    pub fn find(path: Option<&Path>) -> Result<BundleInfo> {
+        let (dir, source) = match path.filter(|path| !path.as_os_str().is_empty()) {
+            Some(path) => (bundle_dir(path).to_path_buf(), ModelSource::Named),
+            None => default_model().ok_or_else(|| {
+                let place = default_place().unwrap_or_else(|| PathBuf::from("~/.local/share/dpir/model"));
+                Error::bundle(
+                    place,
+                    "no model here and DPIR_MODEL is not set (dpir's converter makes a model from the official \
+                     weights)",
+                )
+            })?,
+        };
+        let manifest = Manifest::load(&dir)?;
+        Ok(BundleInfo { dir, source, manifest })
+    }
+
+    /// Pixels per latent sample along each side.
+    pub fn pixels_per_latent(&self) -> usize {
+        self.manifest.latent.downscale
+    }
+
+    /// The tile side, in pixels, when the options leave it unset.
+    pub fn default_tile_pixels(&self) -> usize {
+        self.manifest.default_tile() * self.pixels_per_latent()
+    }
+
+    /// The tile overlap, in pixels, when the options leave it unset.
+    pub fn default_overlap_pixels(&self) -> usize {
+        self.manifest.defaults.latent_overlap * self.pixels_per_latent()
+    }
+}
+
+/// The folders just inside `dir` that are model bundles, by name: what a user who picked the folder above a
+/// bundle meant.
+fn bundles_inside(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join(MANIFEST_FILE).is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Latent samples of context given to the VAE beyond a tile's edge (where the frame goes on), so its receptive
@@ -305,7 +395,12 @@ impl Manifest {
             return Err(Error::bundle(dir, "not a directory (a model bundle is a directory holding dpir.json)"));
         }
         if !path.is_file() {
-            return Err(Error::bundle(dir, format!("not a dpir model bundle: it has no {MANIFEST_FILE}")));
+            let hint = match bundles_inside(dir).as_slice() {
+                [] => String::new(),
+                [one] => format!("; did you mean {}?", dir.join(one).display()),
+                several => format!("; did you mean one of its folders {}?", several.join(", ")),
+            };
+            return Err(Error::bundle(dir, format!("not a dpir model bundle: it has no {MANIFEST_FILE}{hint}")));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest: Manifest =

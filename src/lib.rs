@@ -43,7 +43,7 @@ mod schedule;
 mod source;
 mod tiled;
 
-pub use bundle::{default_model_dir, ClipInput, ColorFix, Manifest};
+pub use bundle::{default_model_dir, BundleInfo, ClipInput, ColorFix, Manifest, ModelSource};
 pub use error::{Error, ErrorKind, Result};
 pub use frame::Frame;
 pub use options::{paper_size, RestoreOptions, TileMode};

@@ -69,7 +69,7 @@ impl Model {
     /// Loads the bundle in `dir`, validating the manifest against every graph. Within a memory budget, graphs
     /// that do not fit beside the ones loaded before them are released once checked.
     pub(crate) fn load(dir: &Path, options: &RuntimeOptions) -> Result<Model> {
-        let dir = dir.to_path_buf();
+        let dir = crate::bundle::bundle_dir(dir).to_path_buf();
         let manifest = Manifest::load(&dir)?;
         for role in Role::ALL {
             let file = dir.join(role.file_name());

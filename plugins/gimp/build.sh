@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the DPIR Restore plug-in for GIMP 3: dpir-restore.c linked with the static libdpir.a, so the plug-in is
-# one file (it needs only glibc, GIMP's own libraries and, at run time, ONNX Runtime).
+# Builds the DPIR Restore plug-in for GIMP 3: dpir-restore.c and dialog.c linked with the static libdpir.a, so the
+# plug-in is one file (it needs only glibc, GIMP's own libraries and, at run time, ONNX Runtime).
 #
 #   bash plugins/gimp/build.sh OUTPUT [LIBDPIR_A [INCLUDE_DIR]]
 #
@@ -24,5 +24,5 @@ mkdir -p "$(dirname "$out")"
 # What Rust's standard library needs from the system when libdpir.a is linked (rustc --print native-static-libs).
 # shellcheck disable=SC2086
 ${CC:-cc} -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter ${CFLAGS:-} $gimp_cflags -I"$include" \
-    "$here/dpir-restore.c" -o "$out" \
+    "$here/dpir-restore.c" "$here/dialog.c" -o "$out" \
     $gimp_libs "$libdpir" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -Wl,--gc-sections

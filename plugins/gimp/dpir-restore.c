@@ -3,7 +3,7 @@
  * Filters > Enhance > DPIR Restore...; PDB procedure "plug-in-dpir-restore", for script-fu:
  *
  *   (plug-in-dpir-restore #:run-mode RUN-NONINTERACTIVE #:image image #:drawables (vector layer)
- *                         #:model "/path/to/bundle" #:steps 28 #:seed 1234)
+ *                         #:model "/path/to/bundle" #:steps 28 #:seed 1234 #:tile-size 512)
  *
  * A thin layer over the dpir C ABI (include/dpir.h), linked statically so the plug-in is one file. It reads the
  * selection's bounds, hands dpir the pixels those bounds need (dpir_region_of_interest) with the whole layer as
@@ -12,21 +12,22 @@
  * conversion. Nothing is written unless the restore succeeds, so an error, or GIMP's progress cancel (which ends
  * the plug-in process), leaves the layer as it was.
  *
- * The model is the "model" argument, else $DPIR_MODEL, else ~/.local/share/dpir/model ($XDG_DATA_HOME/dpir/model).
- * ONNX Runtime is found as libdpir finds it: $DPIR_ORT_LIB, $ORT_DYLIB_PATH, or libonnxruntime.so beside the
- * plug-in (where `make -C plugins/gimp install-gimp` puts it).
+ * This file is the procedure and the restore; dialog.c is the dialog. The model is the "model" argument, else
+ * $DPIR_MODEL, else ~/.local/share/dpir/model ($XDG_DATA_HOME/dpir/model). ONNX Runtime is found as libdpir
+ * finds it: $DPIR_ORT_LIB, $ORT_DYLIB_PATH, or libonnxruntime.so beside the plug-in (where
+ * `make -C plugins/gimp install-gimp` puts it). The help pages are installed beside it too, in help/.
  */
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
 
-#include <dpir.h>
+#include "dpir-restore.h"
 
-#define PLUG_IN_PROC   "plug-in-dpir-restore"
-#define PLUG_IN_BINARY "dpir-restore"
-#define MODEL_ENV      "DPIR_MODEL"
+#define HELP_DOMAIN "org.dpir.restore"
 
 
 #define RESTORE_TYPE_PLUG_IN (restore_plug_in_get_type ())
@@ -37,30 +38,8 @@ struct _RestorePlugIn
   GimpPlugIn parent_instance;
 };
 
-/* How the layer's pixels travel to dpir and back: a babl format in the layer's colour space, and the dpir
- * descriptor fields that say the same thing. */
-typedef struct
-{
-  const Babl *format;
-  guint32     channels;
-  guint32     sample;
-  guint32     transfer;
-  gsize       bytes_per_pixel;
-} PixelFormat;
-
-/* The latest progress report, copied out of dpir's callback. */
-typedef struct
-{
-  guint32 stage;
-  guint32 step;
-  guint32 steps;
-  guint32 tile;
-  guint32 tiles;
-  gfloat  fraction;
-} Progress;
-
-/* One restore running on a worker thread while the main thread, the only one that talks to GIMP, shows its
- * progress. The fields below `lock` are shared and only touched under it. */
+/* One restore running on a worker thread while the thread that started it, the only one that talks to GIMP and
+ * GTK, shows its progress. The fields below `lock` are shared and only touched under it. */
 typedef struct
 {
   const dpir_restorer  *restorer;
@@ -70,7 +49,7 @@ typedef struct
 
   GMutex                lock;
   GCond                 changed;
-  Progress              progress;
+  dpir_progress         progress;
   gboolean              fresh;
   gboolean              cancel;
   gboolean              finished;
@@ -95,6 +74,7 @@ static GimpValueArray *restore_run                      (GimpProcedure        *p
 static GimpPDBStatusType restore_drawable               (GimpImage            *image,
                                                          GimpDrawable         *drawable,
                                                          GimpProcedureConfig  *config,
+                                                         LoadedModel          *loaded,
                                                          GError              **error);
 
 
@@ -118,9 +98,29 @@ restore_plug_in_init (RestorePlugIn *plug_in)
 {
 }
 
+/* The help pages live in help/ beside the plug-in's binary (install.sh puts them there); GIMP reads
+ * help/en/gimp-help.xml. Only taken while GIMP queries the plug-in. */
+static void
+register_help (GimpPlugIn *plug_in)
+{
+  gchar *binary = g_file_read_link ("/proc/self/exe", NULL);
+  gchar *folder;
+  GFile *help;
+
+  if (binary == NULL)
+    return;
+  folder = g_path_get_dirname (binary);
+  help   = g_file_new_build_filename (folder, "help", NULL);
+  gimp_plug_in_set_help_domain (plug_in, HELP_DOMAIN, help);
+  g_object_unref (help);
+  g_free (folder);
+  g_free (binary);
+}
+
 static GList *
 restore_plug_in_query_procedures (GimpPlugIn *plug_in)
 {
+  register_help (plug_in);
   return g_list_append (NULL, g_strdup (PLUG_IN_PROC));
 }
 
@@ -134,6 +134,7 @@ restore_plug_in_set_i18n (GimpPlugIn   *plug_in,
   return FALSE;
 }
 
+/* The arguments are what scripts pass; 0 and -1 there take the model's values, which the dialog shows instead. */
 static GimpProcedure *
 restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                   const gchar *name)
@@ -154,72 +155,101 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                     "Restores the selected part of the layer (all of it without a selection) with "
                                     "DPIR, a diffusion model, on ONNX Runtime. The pixels around the selection and "
                                     "the whole layer guide the result; a feathered selection blends it in. Alpha "
-                                    "is kept as it is. Defaults (0, or -1) take the model's own values. The model "
-                                    "is the Model folder, else $" MODEL_ENV ", else ~/.local/share/dpir/model.",
-                                    name);
+                                    "is kept as it is. For scripts, 0 (or -1) takes the model's own value. The "
+                                    "model is the Model folder, else $" MODEL_ENV ", else "
+                                    "~/.local/share/dpir/model.",
+                                    PLUG_IN_PROC);
   gimp_procedure_set_attribution (procedure, "The dpir authors", "The dpir authors", "2025");
 
-  gimp_procedure_add_file_argument (procedure, "model", "_Model folder",
-                                    "DPIR model bundle: the folder holding dpir.json and its graphs. None: $"
+  gimp_procedure_add_file_argument (procedure, "model", "_Model",
+                                    "The DPIR model: a folder holding dpir.json (or that file). None: $"
                                     MODEL_ENV ", then ~/.local/share/dpir/model",
                                     GIMP_FILE_CHOOSER_ACTION_SELECT_FOLDER, TRUE, NULL, G_PARAM_READWRITE);
-  gimp_procedure_add_int_argument (procedure, "steps", "_Steps",
+  gimp_procedure_add_int_argument (procedure, "steps", "_Quality (steps)",
                                    "Denoising steps, 1 to 1000; 0 takes the model's",
                                    0, 1000, 0, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "seed", "S_eed",
                                    "Seed of the starting noise; -1 takes the model's",
                                    -1, G_MAXINT, -1, G_PARAM_READWRITE);
-  gimp_procedure_add_double_argument (procedure, "guidance", "_Guidance",
+  gimp_procedure_add_double_argument (procedure, "guidance", "Prompt stren_gth",
                                       "Classifier-free guidance, 1 to 100 (1 is off, more doubles the work); "
                                       "0 takes the model's",
                                       0.0, 100.0, 0.0, G_PARAM_READWRITE);
-  gimp_procedure_add_choice_argument (procedure, "tile-mode", "Tile _mode",
-                                      "How a layer larger than one tile is sampled",
+  gimp_procedure_add_choice_argument (procedure, "tile-mode", "_Tile mode",
+                                      "How a layer larger than one tile is restored",
                                       gimp_choice_new_with_values ("independent", DPIR_TILE_MODE_INDEPENDENT,
                                                                    "Independent",
                                                                    "Each tile on its own, blended with its "
                                                                    "neighbours: a selection gets exactly the "
                                                                    "pixels of a whole-layer restore",
                                                                    "joint", DPIR_TILE_MODE_JOINT, "Joint",
-                                                                   "All tiles blended at every step (the official "
-                                                                   "tiled sampler); a selection samples the "
-                                                                   "tiles around it plus the context margin",
+                                                                   "Tiles blended at every step, for the most "
+                                                                   "even texture across tiles; a selection "
+                                                                   "restores the tiles around it plus the "
+                                                                   "context margin",
                                                                    NULL),
                                       "independent", G_PARAM_READWRITE);
-  gimp_procedure_add_int_argument (procedure, "tile-size", "_Tile size",
-                                   "Tile side in latent samples (each covers several pixels along a side); 0 "
-                                   "takes the model's, capped at one model pass",
-                                   0, 8192, 0, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "tile-size", "Tile si_ze",
+                                   "Tile side in pixels, a multiple of the model's step (16 for SD3); 0 takes "
+                                   "the model's",
+                                   0, 65536, 0, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument (procedure, "tile-overlap", "Tile o_verlap",
-                                   "Overlap of neighbouring tiles in latent samples, smaller than the tile; "
-                                   "-1 takes the model's",
-                                   -1, 8192, -1, G_PARAM_READWRITE);
-  gimp_procedure_add_int_argument (procedure, "context-margin", "_Context margin",
-                                   "Joint tile mode: pixels of layer around the selection sampled with it; "
+                                   "Overlap of neighbouring tiles in pixels, smaller than the tile; -1 takes the "
+                                   "model's",
+                                   -1, 65536, -1, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument (procedure, "context-margin", "Conte_xt margin",
+                                   "Joint tile mode: pixels of layer around the selection restored with it; "
                                    "-1 takes one tile overlap. No effect in independent mode",
                                    -1, 65536, -1, G_PARAM_READWRITE);
-  gimp_procedure_add_choice_argument (procedure, "execution-provider", "_Run on",
+  gimp_procedure_add_choice_argument (procedure, "execution-provider", "Run o_n",
                                       "Where the model runs",
-                                      gimp_choice_new_with_values ("cpu", DPIR_EXECUTION_PROVIDER_CPU, "CPU",
-                                                                   "ONNX Runtime's CPU provider",
+                                      gimp_choice_new_with_values ("auto", DPIR_EXECUTION_PROVIDER_AUTO,
+                                                                   "Best available",
+                                                                   "The NVIDIA card with TensorRT or CUDA when "
+                                                                   "they load, else the CPU",
+                                                                   "cpu", DPIR_EXECUTION_PROVIDER_CPU, "CPU",
+                                                                   "Always works; slow for large layers",
                                                                    "cuda", DPIR_EXECUTION_PROVIDER_CUDA,
-                                                                   "CUDA (GPU 0)",
+                                                                   "NVIDIA card (CUDA)",
                                                                    "Needs onnxruntime-gpu with CUDA 13 and cuDNN 9",
                                                                    "tensorrt", DPIR_EXECUTION_PROVIDER_TENSORRT,
-                                                                   "TensorRT (GPU 0)",
-                                                                   "Also needs TensorRT 10",
-                                                                   "auto", DPIR_EXECUTION_PROVIDER_AUTO,
-                                                                   "Best available",
-                                                                   "TensorRT, then CUDA, then the CPU",
+                                                                   "NVIDIA card (TensorRT)",
+                                                                   "Fastest; also needs TensorRT 10, and builds "
+                                                                   "its engines (minutes) on first use",
                                                                    NULL),
-                                      "cpu", G_PARAM_READWRITE);
-  gimp_procedure_add_double_argument (procedure, "max-memory", "Memory _limit (GiB)",
+                                      "auto", G_PARAM_READWRITE);
+  gimp_procedure_add_double_argument (procedure, "max-memory", "Memor_y limit (GiB)",
                                       "The most memory the restore may take, in GiB (the graphics card's on a "
                                       "GPU): the plug-in then loads the model in parts and restores in smaller "
                                       "tiles, or says how much it needs. 0: no limit",
                                       0.0, 4096.0, 0.0, G_PARAM_READWRITE);
 
   return procedure;
+}
+
+/* GIMP's progress cancel ends the plug-in; when that happens mid-restore, leave at once, without the exit
+ * handlers that would tear ONNX Runtime down under the running model (and have it complain on the terminal).
+ * The layer is only written after a restore succeeds, so nothing is lost. */
+static volatile gboolean restoring;
+
+static void
+leave_quietly (void)
+{
+  if (restoring)
+    _exit (0);
+}
+
+/* GIMP keeps the dialog's values for Re-Show only after a success; after a failure, keep them too, so the user
+ * gets back what they chose (the same file GIMP writes). */
+static void
+remember_values (GimpProcedureConfig *config)
+{
+  gchar *name = g_strconcat (G_OBJECT_TYPE_NAME (config), ".last", NULL);
+  GFile *file = gimp_directory_file ("plug-in-settings", name, NULL);
+
+  gimp_config_serialize_to_file (GIMP_CONFIG (config), file, "settings", "end of settings", NULL, NULL);
+  g_object_unref (file);
+  g_free (name);
 }
 
 static GimpValueArray *
@@ -231,10 +261,12 @@ restore_run (GimpProcedure        *procedure,
              gpointer              run_data)
 {
   GimpPDBStatusType  status;
-  GError            *error = NULL;
+  GError            *error  = NULL;
+  LoadedModel        loaded = { 0 };
   gint               n_drawables = 0;
 
   gegl_init (NULL, NULL);
+  atexit (leave_quietly);
 
   while (drawables != NULL && drawables[n_drawables] != NULL)
     n_drawables++;
@@ -259,21 +291,35 @@ restore_run (GimpProcedure        *procedure,
       return gimp_procedure_new_return_values (procedure, GIMP_PDB_CALLING_ERROR, error);
     }
 
-  if (run_mode == GIMP_RUN_INTERACTIVE)
+  if (run_mode != GIMP_RUN_INTERACTIVE)
     {
-      GtkWidget *dialog;
-      gboolean   run;
+      status = restore_drawable (image, drawables[0], config, &loaded, &error);
+    }
+  else
+    {
+      /* The dialog until the restore succeeds or the user cancels: a failure brings it back with the message
+       * and every value as the user left it. */
+      gchar *failure = NULL;
 
       gimp_ui_init (PLUG_IN_BINARY);
-      dialog = gimp_procedure_dialog_new (procedure, GIMP_PROCEDURE_CONFIG (config), "DPIR Restore");
-      gimp_procedure_dialog_fill (GIMP_PROCEDURE_DIALOG (dialog), NULL);
-      run = gimp_procedure_dialog_run (GIMP_PROCEDURE_DIALOG (dialog));
-      gtk_widget_destroy (dialog);
-      if (! run)
-        return gimp_procedure_new_return_values (procedure, GIMP_PDB_CANCEL, NULL);
+      for (;;)
+        {
+          if (! restore_dialog (procedure, config, image, drawables[0], &loaded, failure))
+            {
+              status = GIMP_PDB_CANCEL;
+              break;
+            }
+          status = restore_drawable (image, drawables[0], config, &loaded, &error);
+          if (status != GIMP_PDB_EXECUTION_ERROR)
+            break;
+          remember_values (config);
+          g_free (failure);
+          failure = g_strdup (error->message);
+          g_clear_error (&error);
+        }
+      g_free (failure);
     }
-
-  status = restore_drawable (image, drawables[0], config, &error);
+  loaded_model_clear (&loaded);
 
   if (status == GIMP_PDB_SUCCESS && run_mode != GIMP_RUN_NONINTERACTIVE)
     gimp_displays_flush ();
@@ -284,40 +330,133 @@ restore_run (GimpProcedure        *procedure,
 
 /*  The model  */
 
-/* The model folder: the argument, else dpir's default ($DPIR_MODEL, else ~/.local/share/dpir/model when it
- * exists), as for every dpir program. */
-static gchar *
-find_model (GimpProcedureConfig  *config,
-            GError              **error)
+gchar *
+config_model_path (GimpProcedureConfig *config)
 {
-  GFile  *file = NULL;
-  gchar  *path;
-  gsize   length;
+  GFile *file = NULL;
+  gchar *path = NULL;
 
   g_object_get (config, "model", &file, NULL);
   if (file != NULL)
     {
       path = g_file_get_path (file);
-      if (path == NULL)
-        g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
-                     "DPIR Restore: the model folder %s is not a local folder.", g_file_peek_path (file));
+      if (path == NULL) /* not a local file: keep its URI, which the bundle check then names */
+        path = g_file_get_uri (file);
       g_object_unref (file);
-      return path;
     }
+  return path;
+}
 
-  length = dpir_default_model_dir (NULL, 0);
-  if (length > 0)
+dpir_bundle *
+open_bundle (const gchar  *path,
+             GError      **error)
+{
+  dpir_bundle *bundle = NULL;
+  dpir_status  status = dpir_bundle_open (path, &bundle);
+
+  if (status != DPIR_STATUS_OK)
+    set_dpir_error (error, path != NULL ? "this model cannot be used" : "no model found", status,
+                    dpir_last_error_message ());
+  return bundle;
+}
+
+void
+loaded_model_clear (LoadedModel *loaded)
+{
+  dpir_restorer_free (loaded->restorer);
+  g_free (loaded->path);
+  memset (loaded, 0, sizeof *loaded);
+}
+
+dpir_restorer *
+load_model (LoadedModel          *loaded,
+            GimpProcedureConfig  *config,
+            GError              **error)
+{
+  dpir_load_options  load;
+  dpir_bundle       *bundle;
+  dpir_bundle_info   info;
+  dpir_restorer     *restorer = NULL;
+  dpir_status        status;
+  gchar             *path = config_model_path (config);
+  gdouble            max_memory;
+
+  bundle = open_bundle (path, error);
+  g_free (path);
+  if (bundle == NULL)
+    return NULL;
+  dpir_bundle_get_info (bundle, &info, sizeof info);
+
+  dpir_load_options_init (&load, sizeof load);
+  load.execution_provider = (guint32) gimp_procedure_config_get_choice_id (config, "execution-provider");
+  g_object_get (config, "max-memory", &max_memory, NULL);
+  load.memory_budget = (uint64_t) (max_memory * 1073741824.0);
+
+  if (loaded->restorer != NULL && g_strcmp0 (loaded->path, info.path) == 0 &&
+      loaded->provider == load.execution_provider && loaded->budget == load.memory_budget)
     {
-      path = g_malloc (length + 1);
-      if (dpir_default_model_dir (path, length + 1) == length)
-        return path;
-      g_free (path);
+      dpir_bundle_free (bundle);
+      return loaded->restorer;
     }
 
-  g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
-               "DPIR Restore: no model found. Choose a DPIR model folder (one holding dpir.json) in the dialog, "
-               "set " MODEL_ENV " to one, or put one at ~/.local/share/dpir/model.");
-  return NULL;
+  loaded_model_clear (loaded);
+  status = dpir_restorer_load (info.path, &load, &restorer);
+  if (status != DPIR_STATUS_OK)
+    {
+      gchar *what = g_strdup_printf ("cannot load the model %s", info.path);
+
+      set_dpir_error (error, what, status, dpir_last_error_message ());
+      g_free (what);
+    }
+  else
+    {
+      loaded->path     = g_strdup (info.path);
+      loaded->provider = load.execution_provider;
+      loaded->budget   = load.memory_budget;
+      loaded->restorer = restorer;
+    }
+  dpir_bundle_free (bundle);
+  return restorer;
+}
+
+gboolean
+options_from_config (GimpProcedureConfig     *config,
+                     const dpir_bundle_info  *model,
+                     dpir_restore_options    *options,
+                     GError                 **error)
+{
+  gint    steps, seed, tile_size, tile_overlap, context_margin;
+  gdouble guidance;
+  guint32 step = model->tile_step_pixels;
+  guint32 per_latent = model->pixels_per_latent;
+
+  g_object_get (config,
+                "steps", &steps, "seed", &seed, "guidance", &guidance, "tile-size", &tile_size,
+                "tile-overlap", &tile_overlap, "context-margin", &context_margin, NULL);
+  if (tile_size != 0 && (tile_size % step != 0 || (guint32) tile_size > model->max_tile_pixels))
+    {
+      g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore: the tile size must be a multiple of %u pixels, at most %u, for this model; "
+                   "it is %d.", step, model->max_tile_pixels, tile_size);
+      return FALSE;
+    }
+  if (tile_overlap > 0 && tile_overlap % per_latent != 0)
+    {
+      g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
+                   "DPIR Restore: the tile overlap must be a multiple of %u pixels for this model; it is %d.",
+                   per_latent, tile_overlap);
+      return FALSE;
+    }
+
+  dpir_restore_options_init (options, sizeof *options);
+  options->steps          = (uint32_t) steps;
+  options->seed           = seed < 0 ? DPIR_SEED_DEFAULT : (uint64_t) seed;
+  options->guidance       = (float) guidance;
+  options->tile_mode      = (uint32_t) gimp_procedure_config_get_choice_id (config, "tile-mode");
+  options->tile_size      = (uint32_t) tile_size / per_latent;
+  options->tile_overlap   = tile_overlap < 0 ? -1 : tile_overlap / (gint) per_latent;
+  options->context_margin = context_margin;
+  return TRUE;
 }
 
 /* What to do about a failure, by status. */
@@ -330,10 +469,10 @@ status_hint (dpir_status status)
       return " The plug-in needs ONNX Runtime 1.31 or newer beside it (make -C plugins/gimp install-gimp puts it "
              "there), or named by DPIR_ORT_LIB.";
     case DPIR_STATUS_EXECUTION_PROVIDER:
-      return " Choose another place to run the model (CPU always works), or install what the provider needs.";
+      return " Choose another place to run the model (the CPU always works), or install what the card needs.";
     case DPIR_STATUS_BUNDLE:
     case DPIR_STATUS_IO:
-      return " Choose a DPIR model folder (one holding dpir.json) in the dialog, or set " MODEL_ENV ".";
+      return " Choose a DPIR model folder (one holding dpir.json), or set " MODEL_ENV ".";
     case DPIR_STATUS_TOO_LARGE:
       return " Restore a smaller selection, or a smaller tile size.";
     case DPIR_STATUS_OUT_OF_MEMORY:
@@ -345,7 +484,7 @@ status_hint (dpir_status status)
     }
 }
 
-static void
+void
 set_dpir_error (GError      **error,
                 const gchar  *what,
                 dpir_status   status,
@@ -355,7 +494,7 @@ set_dpir_error (GError      **error,
   const gchar *text = detail != NULL && *detail != '\0' ? detail : dpir_status_string (status);
 
   g_set_error (error, GIMP_PLUG_IN_ERROR, 0, "DPIR Restore: %s: %s%s%s", what, text,
-               g_str_has_suffix (text, ".") ? "" : ".", status_hint (status));
+               g_str_has_suffix (text, ".") || g_str_has_suffix (text, "?") ? "" : ".", status_hint (status));
 }
 
 
@@ -363,7 +502,7 @@ set_dpir_error (GError      **error,
 
 /* The layer's precision and TRC as a babl format and dpir descriptor fields. Gray with alpha, which dpir has no
  * layout for, travels as RGBA: babl converts both ways. */
-static void
+void
 choose_format (GimpImage    *image,
                GimpDrawable *drawable,
                PixelFormat  *pixels)
@@ -468,8 +607,7 @@ new_pixels (const PixelFormat *format,
   return data;
 }
 
-/* Reads `area` of the layer's buffer into a new packed buffer; NULL when memory is short. */
-static guchar *
+guchar *
 read_pixels (GeglBuffer        *buffer,
              const PixelFormat *format,
              const dpir_rect   *area,
@@ -484,7 +622,7 @@ read_pixels (GeglBuffer        *buffer,
 }
 
 
-/*  Running the restore  */
+/*  Running a restore  */
 
 static int
 on_progress (const struct dpir_progress *progress,
@@ -494,14 +632,9 @@ on_progress (const struct dpir_progress *progress,
   gboolean    cancel;
 
   g_mutex_lock (&job->lock);
-  job->progress.stage = progress->stage;
-  job->progress.step  = progress->step;
-  job->progress.steps = progress->steps;
-  job->progress.tile  = progress->tile;
-  job->progress.tiles = progress->tiles;
-  job->progress.fraction = progress->fraction;
-  job->fresh          = TRUE;
-  cancel              = job->cancel;
+  job->progress = *progress;
+  job->fresh    = TRUE;
+  cancel        = job->cancel;
   g_cond_signal (&job->changed);
   g_mutex_unlock (&job->lock);
 
@@ -511,8 +644,8 @@ on_progress (const struct dpir_progress *progress,
 static gpointer
 restore_worker (gpointer user_data)
 {
-  RestoreJob  *job    = user_data;
-  dpir_status  status = dpir_restore_region (job->restorer, job->region, job->destination, &job->options);
+  RestoreJob  *job     = user_data;
+  dpir_status  status  = dpir_restore_region (job->restorer, job->region, job->destination, &job->options);
   gchar       *message = g_strdup (dpir_last_error_message ()); /* per thread: read it here */
 
   g_mutex_lock (&job->lock);
@@ -524,9 +657,148 @@ restore_worker (gpointer user_data)
   return NULL;
 }
 
-/* Shows one progress report; FALSE when GIMP no longer takes progress (the run should stop). */
+/* Runs the restore on a worker thread and relays its progress from this one; with `keep_ui_alive`, GTK's
+ * events are handled while it waits, so a dialog stays responsive. */
+static dpir_status
+run_restore (const dpir_restorer        *restorer,
+             const dpir_region          *region,
+             const dpir_pixels          *destination,
+             const dpir_restore_options *options,
+             ShowProgress                show,
+             gpointer                    show_data,
+             gboolean                    keep_ui_alive,
+             gchar                     **message)
+{
+  RestoreJob  job = { 0 };
+  GThread    *worker;
+
+  job.restorer                   = restorer;
+  job.region                     = region;
+  job.destination                = destination;
+  job.options                    = *options;
+  job.options.progress           = on_progress;
+  job.options.progress_user_data = &job;
+  g_mutex_init (&job.lock);
+  g_cond_init (&job.changed);
+
+  restoring = TRUE;
+  worker = g_thread_new ("dpir-worker", restore_worker, &job);
+
+  g_mutex_lock (&job.lock);
+  while (! job.finished)
+    {
+      if (job.fresh)
+        {
+          dpir_progress progress = job.progress;
+          gboolean      going_on;
+
+          job.fresh = FALSE;
+          g_mutex_unlock (&job.lock);
+          going_on = show (&progress, show_data);
+          g_mutex_lock (&job.lock);
+          if (! going_on)
+            job.cancel = TRUE;
+          continue;
+        }
+      if (! keep_ui_alive)
+        {
+          g_cond_wait (&job.changed, &job.lock);
+          continue;
+        }
+      g_cond_wait_until (&job.changed, &job.lock, g_get_monotonic_time () + G_TIME_SPAN_MILLISECOND * 30);
+      g_mutex_unlock (&job.lock);
+      while (gtk_events_pending ())
+        gtk_main_iteration ();
+      g_mutex_lock (&job.lock);
+    }
+  g_mutex_unlock (&job.lock);
+  g_thread_join (worker);
+  restoring = FALSE;
+
+  g_mutex_clear (&job.lock);
+  g_cond_clear (&job.changed);
+  *message = job.message;
+  return job.status;
+}
+
+dpir_status
+restore_rect (const dpir_restorer        *restorer,
+              GimpDrawable               *drawable,
+              const PixelFormat          *format,
+              const dpir_pixels          *context,
+              const dpir_rect            *rect,
+              const dpir_restore_options *options,
+              ShowProgress                show,
+              gpointer                    show_data,
+              gboolean                    keep_ui_alive,
+              guchar                    **restored_data,
+              dpir_pixels                *restored,
+              gchar                     **message)
+{
+  GeglBuffer  *buffer       = gimp_drawable_get_buffer (drawable);
+  guint32      frame_width  = (guint32) gimp_drawable_get_width (drawable);
+  guint32      frame_height = (guint32) gimp_drawable_get_height (drawable);
+  guchar      *crop_data    = NULL, *context_data = NULL;
+  dpir_pixels  crop, whole_layer;
+  dpir_region  region;
+  dpir_rect    roi;
+  dpir_status  status;
+
+  *restored_data = NULL;
+  *message       = NULL;
+  status = dpir_region_of_interest (restorer, frame_width, frame_height, rect, options, &roi);
+  if (status != DPIR_STATUS_OK)
+    {
+      *message = g_strdup (dpir_last_error_message ());
+      g_object_unref (buffer);
+      return status;
+    }
+
+  crop_data = read_pixels (buffer, format, &roi, &crop);
+  dpir_region_init (&region, sizeof region);
+  region.source       = &crop;
+  region.origin_x     = roi.x;
+  region.origin_y     = roi.y;
+  region.frame_width  = frame_width;
+  region.frame_height = frame_height;
+  region.rect         = *rect;
+  region.context      = context;
+  if (context == NULL && roi.width == frame_width && roi.height == frame_height)
+    {
+      region.context = &crop;
+    }
+  else if (context == NULL)
+    {
+      dpir_rect whole = { 0, 0, frame_width, frame_height };
+
+      context_data   = read_pixels (buffer, format, &whole, &whole_layer);
+      region.context = &whole_layer;
+    }
+  *restored_data = new_pixels (format, rect->width, rect->height, restored);
+  if (crop_data == NULL || *restored_data == NULL || (region.context == &whole_layer && context_data == NULL))
+    {
+      *message = g_strdup_printf ("not enough memory for the pixels of this %u x %u layer", frame_width,
+                                  frame_height);
+      status   = DPIR_STATUS_OUT_OF_MEMORY;
+    }
+  else
+    {
+      status = run_restore (restorer, &region, restored, options, show, show_data, keep_ui_alive, message);
+    }
+
+  if (status != DPIR_STATUS_OK)
+    g_clear_pointer (restored_data, g_free);
+  g_free (context_data);
+  g_free (crop_data);
+  g_object_unref (buffer);
+  return status;
+}
+
+/* Shows one progress report in GIMP's progress bar; FALSE when GIMP no longer takes progress (the run should
+ * stop). */
 static gboolean
-show_progress (const Progress *progress)
+show_in_gimp (const dpir_progress *progress,
+              gpointer             data)
 {
   guint32  tiles = MAX (progress->tiles, 1);
   guint32  tile  = CLAMP (progress->tile, 1, tiles);
@@ -555,82 +827,27 @@ show_progress (const Progress *progress)
   return gimp_progress_update (progress->fraction) && ok;
 }
 
-/* Runs the restore on a worker thread and relays its progress to GIMP from this one. */
-static dpir_status
-run_restore (const dpir_restorer        *restorer,
-             const dpir_region          *region,
-             const dpir_pixels          *destination,
-             const dpir_restore_options *options,
-             gchar                     **message)
-{
-  RestoreJob   job = { 0 };
-  GThread     *worker;
-  Progress     progress;
-
-  job.restorer                   = restorer;
-  job.region                     = region;
-  job.destination                = destination;
-  job.options                    = *options;
-  job.options.progress           = on_progress;
-  job.options.progress_user_data = &job;
-  g_mutex_init (&job.lock);
-  g_cond_init (&job.changed);
-
-  worker = g_thread_new ("dpir-worker", restore_worker, &job);
-
-  g_mutex_lock (&job.lock);
-  while (! job.finished)
-    {
-      if (job.fresh)
-        {
-          gboolean going_on;
-
-          progress  = job.progress;
-          job.fresh = FALSE;
-          g_mutex_unlock (&job.lock);
-          going_on = show_progress (&progress);
-          g_mutex_lock (&job.lock);
-          if (! going_on)
-            job.cancel = TRUE;
-          continue;
-        }
-      g_cond_wait (&job.changed, &job.lock);
-    }
-  g_mutex_unlock (&job.lock);
-  g_thread_join (worker);
-
-  g_mutex_clear (&job.lock);
-  g_cond_clear (&job.changed);
-  *message = job.message;
-  return job.status;
-}
-
 static GimpPDBStatusType
 restore_drawable (GimpImage            *image,
                   GimpDrawable         *drawable,
                   GimpProcedureConfig  *config,
+                  LoadedModel          *loaded,
                   GError              **error)
 {
-  GimpPDBStatusType     result   = GIMP_PDB_EXECUTION_ERROR;
-  dpir_restorer        *restorer = NULL;
-  dpir_load_options     load;
+  GimpPDBStatusType     result  = GIMP_PDB_EXECUTION_ERROR;
+  const dpir_restorer  *restorer;
+  dpir_bundle          *bundle;
+  dpir_bundle_info      model;
+  dpir_restorer_info    running;
   dpir_restore_options  options;
-  dpir_region           region;
   dpir_requirements     needs;
-  gchar                *progress_text;
-  dpir_pixels           crop, context, destination;
-  dpir_rect             rect, roi;
+  dpir_pixels           restored;
+  dpir_rect             rect;
   dpir_status           status;
   PixelFormat           format;
-  GeglBuffer           *buffer   = NULL;
-  guchar               *crop_data = NULL, *context_data = NULL, *destination_data = NULL;
-  gchar                *model;
+  guchar               *restored_data = NULL;
   gchar                *message = NULL;
   gint                  x, y, width, height;
-  gint                  steps, seed, tile_size, tile_overlap, context_margin;
-  gdouble               guidance, max_memory;
-  guint32               frame_width  = (guint32) gimp_drawable_get_width (drawable);
-  guint32               frame_height = (guint32) gimp_drawable_get_height (drawable);
 
   if (! gimp_drawable_mask_intersect (drawable, &x, &y, &width, &height))
     {
@@ -639,86 +856,39 @@ restore_drawable (GimpImage            *image,
       return GIMP_PDB_EXECUTION_ERROR;
     }
 
-  model = find_model (config, error);
-  if (model == NULL)
-    return GIMP_PDB_EXECUTION_ERROR;
-
-  dpir_load_options_init (&load, sizeof load);
-  load.execution_provider = (guint32) gimp_procedure_config_get_choice_id (config, "execution-provider");
-  g_object_get (config, "max-memory", &max_memory, NULL);
-  load.memory_budget = (uint64_t) (max_memory * 1073741824.0);
   gimp_progress_init ("DPIR: loading the model");
-  status = dpir_restorer_load (model, &load, &restorer);
-  if (status != DPIR_STATUS_OK)
+  restorer = load_model (loaded, config, error);
+  if (restorer == NULL)
+    return GIMP_PDB_EXECUTION_ERROR;
+  bundle = open_bundle (loaded->path, error);
+  if (bundle == NULL)
+    return GIMP_PDB_EXECUTION_ERROR;
+  dpir_bundle_get_info (bundle, &model, sizeof model);
+  if (! options_from_config (config, &model, &options, error))
     {
-      gchar *what = g_strdup_printf ("cannot load the model %s", model);
-
-      set_dpir_error (error, what, status, dpir_last_error_message ());
-      g_free (what);
-      goto out;
+      dpir_bundle_free (bundle);
+      return GIMP_PDB_EXECUTION_ERROR;
     }
+  dpir_bundle_free (bundle);
 
-  g_object_get (config,
-                "steps", &steps, "seed", &seed, "guidance", &guidance, "tile-size", &tile_size,
-                "tile-overlap", &tile_overlap, "context-margin", &context_margin, NULL);
-  dpir_restore_options_init (&options, sizeof options);
-  options.steps          = (uint32_t) steps;
-  options.seed           = seed < 0 ? DPIR_SEED_DEFAULT : (uint64_t) seed;
-  options.guidance       = (float) guidance;
-  options.tile_mode      = (uint32_t) gimp_procedure_config_get_choice_id (config, "tile-mode");
-  options.tile_size      = (uint32_t) tile_size;
-  options.tile_overlap   = tile_overlap;
-  options.context_margin = context_margin;
-
-  /* The selection's bounds, and the layer pixels dpir reads to restore them. */
   rect.x      = (uint32_t) x;
   rect.y      = (uint32_t) y;
   rect.width  = (uint32_t) width;
   rect.height = (uint32_t) height;
-  status = dpir_region_of_interest (restorer, frame_width, frame_height, &rect, &options, &roi);
-  if (status == DPIR_STATUS_OK)
-    status = dpir_get_requirements (restorer, frame_width, frame_height, &options, &needs, sizeof needs);
+  status = dpir_get_requirements (restorer, (uint32_t) gimp_drawable_get_width (drawable),
+                                  (uint32_t) gimp_drawable_get_height (drawable), &options, &needs, sizeof needs);
   if (status != DPIR_STATUS_OK)
     {
       set_dpir_error (error, "cannot restore this layer", status, dpir_last_error_message ());
-      goto out;
+      return GIMP_PDB_EXECUTION_ERROR;
     }
+  dpir_restorer_get_info (restorer, &running, sizeof running);
+  gimp_progress_set_text_printf ("DPIR: restoring on %s (memory: about %.1f GiB at the peak)",
+                                 running.execution_provider_name, (double) needs.estimated_bytes / 1073741824.0);
 
   choose_format (image, drawable, &format);
-  buffer = gimp_drawable_get_buffer (drawable);
-  crop_data = read_pixels (buffer, &format, &roi, &crop);
-  dpir_region_init (&region, sizeof region);
-  region.source       = &crop;
-  region.origin_x     = roi.x;
-  region.origin_y     = roi.y;
-  region.frame_width  = frame_width;
-  region.frame_height = frame_height;
-  region.rect         = rect;
-  if (roi.width == frame_width && roi.height == frame_height)
-    {
-      region.context = &crop;
-    }
-  else
-    {
-      dpir_rect whole = { 0, 0, frame_width, frame_height };
-
-      context_data   = read_pixels (buffer, &format, &whole, &context);
-      region.context = &context;
-    }
-  destination_data = new_pixels (&format, rect.width, rect.height, &destination);
-  if (crop_data == NULL || destination_data == NULL || (region.context == &context && context_data == NULL))
-    {
-      g_set_error (error, GIMP_PLUG_IN_ERROR, 0,
-                   "DPIR Restore: not enough memory for the pixels of this %u x %u layer. "
-                   "Restore a smaller layer or selection.", frame_width, frame_height);
-      goto out;
-    }
-
-  progress_text = g_strdup_printf ("DPIR: restoring (memory: about %.1f GiB at the peak)",
-                                   (double) needs.estimated_bytes / 1073741824.0);
-  gimp_progress_set_text (progress_text);
-  g_free (progress_text);
-  status = run_restore (restorer, &region, &destination, &options, &message);
+  status = restore_rect (restorer, drawable, &format, NULL, &rect, &options, show_in_gimp, NULL, FALSE,
+                         &restored_data, &restored, &message);
   if (status == DPIR_STATUS_CANCELLED)
     {
       result = GIMP_PDB_CANCEL;
@@ -726,7 +896,8 @@ restore_drawable (GimpImage            *image,
     }
   if (status != DPIR_STATUS_OK)
     {
-      set_dpir_error (error, "the restore failed", status, message);
+      set_dpir_error (error, status == DPIR_STATUS_INVALID_OPTIONS || status == DPIR_STATUS_TOO_LARGE
+                               ? "cannot restore this layer" : "the restore failed", status, message);
       goto out;
     }
 
@@ -734,8 +905,8 @@ restore_drawable (GimpImage            *image,
   {
     GeglBuffer *shadow = gimp_drawable_get_shadow_buffer (drawable);
 
-    gegl_buffer_set (shadow, GEGL_RECTANGLE (x, y, width, height), 0, format.format, destination_data,
-                     (gint) destination.stride);
+    gegl_buffer_set (shadow, GEGL_RECTANGLE (x, y, width, height), 0, format.format, restored_data,
+                     (gint) restored.stride);
     g_object_unref (shadow); /* flushes the shadow tiles to GIMP */
   }
   if (! gimp_drawable_merge_shadow (drawable, TRUE))
@@ -750,11 +921,6 @@ restore_drawable (GimpImage            *image,
 
 out:
   g_free (message);
-  g_free (destination_data);
-  g_free (context_data);
-  g_free (crop_data);
-  g_clear_object (&buffer);
-  dpir_restorer_free (restorer);
-  g_free (model);
+  g_free (restored_data);
   return result;
 }

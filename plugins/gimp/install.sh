@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs a built DPIR Restore plug-in into a GIMP 3 plug-in folder, as GIMP wants it
-# (PLUG_IN_DIR/dpir-restore/dpir-restore), with the ONNX Runtime library beside it, where the plug-in finds it.
+# (PLUG_IN_DIR/dpir-restore/dpir-restore), with the ONNX Runtime library beside it, where the plug-in finds it, and
+# its help pages in help/ (the dialog's Help button opens them; no network needed).
 #
 #   bash plugins/gimp/install.sh [--plug-in-dir DIR] [--onnxruntime LIBDIR] [--uninstall] PLUGIN
 #
@@ -45,6 +46,7 @@ dest=$dir/dpir-restore
 
 if [ "$uninstall" = 1 ]; then
     rm -f "$dest/dpir-restore" "$dest"/libonnxruntime.so*
+    rm -rf "$dest/help"
     [ ! -d "$dest" ] || rmdir "$dest"
     echo "removed DPIR Restore from $dir"
     exit 0
@@ -57,4 +59,6 @@ mkdir -p "$dest"
 install -m 0755 "$plugin" "$dest/dpir-restore"
 strip --strip-unneeded "$dest/dpir-restore" 2>/dev/null || true # 13 MB instead of 55 with debug information
 cp -P "$ort"/libonnxruntime.so* "$dest/"
+rm -rf "$dest/help"
+cp -r "$here/help" "$dest/help"
 echo "installed $dest/dpir-restore (with ONNX Runtime beside it); restart GIMP, then Filters > Enhance > DPIR Restore"

@@ -17,7 +17,8 @@
 mod options;
 mod pixels;
 mod restorer;
-// Last, so that its declarations come after the older ones in dpir.h.
+// Last, so that their declarations come after the older ones in dpir.h.
+mod bundle;
 mod frame;
 
 use std::any::Any;

@@ -150,6 +150,43 @@ static void test_default_model_dir(void) {
     printf("default model folder: $DPIR_MODEL, else $XDG_DATA_HOME/dpir/model when it exists\n");
 }
 
+static void test_bundles(void) {
+    /* A bundle's manifest read without ONNX Runtime: its folder (a dpir.json named in its place resolves to its
+     * folder), its name, how it was found, and the defaults in pixels. */
+    dpir_bundle *bundle = (dpir_bundle *)(void *)&passed;
+    dpir_bundle_info info;
+    char *tiny = join(bundles, "tiny"), *manifest = join(tiny, "dpir.json");
+    EXPECT(DPIR_STATUS_OK, dpir_bundle_open(manifest, &bundle));
+    EXPECT(DPIR_STATUS_OK, dpir_bundle_get_info(bundle, &info, sizeof info));
+    CHECK(strcmp(info.path, tiny) == 0 && strcmp(info.model_name, "tiny") == 0);
+    CHECK(info.source == DPIR_MODEL_SOURCE_NAMED && info.default_steps == 28 && info.default_guidance == 1.0f);
+    CHECK(info.default_seed == 1234 && info.pixels_per_latent == 8 && info.tile_step_pixels == 16);
+    CHECK(info.default_tile_pixels == 1024 && info.default_overlap_pixels == 128 && info.max_tile_pixels == 1024);
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_get_info(bundle, &info, sizeof info - 8));
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_get_info(NULL, &info, sizeof info));
+    dpir_bundle_free(bundle);
+    /* NULL names dpir's default; without one the message says where to put a model. */
+    setenv("DPIR_MODEL", tiny, 1);
+    EXPECT(DPIR_STATUS_OK, dpir_bundle_open(NULL, &bundle));
+    EXPECT(DPIR_STATUS_OK, dpir_bundle_get_info(bundle, &info, sizeof info));
+    CHECK(info.source == DPIR_MODEL_SOURCE_ENVIRONMENT && strcmp(info.path, tiny) == 0);
+    dpir_bundle_free(bundle);
+    unsetenv("DPIR_MODEL");
+    setenv("XDG_DATA_HOME", "/no/such/data", 1);
+    EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open("", &bundle));
+    CHECK(bundle == NULL && strstr(dpir_last_error_message(), "/no/such/data/dpir/model: no model here and DPIR_MODEL is not set") != NULL);
+    unsetenv("XDG_DATA_HOME");
+    /* The folder above bundles: the message names them. */
+    EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open(bundles, &bundle));
+    CHECK(strstr(dpir_last_error_message(),
+                 "it has no dpir.json; did you mean one of its folders broken_black, broken_nan, oracle, tiny?") != NULL);
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_open(tiny, NULL));
+    dpir_bundle_free(NULL);
+    free(manifest);
+    free(tiny);
+    printf("bundles: read without ONNX Runtime, defaults in pixels, dpir.json resolves to its folder\n");
+}
+
 static void test_init_functions(void) {
     /* Each init refuses NULL and unknown sizes, writes exactly `size` bytes, and sets the defaults. */
     unsigned char guard[512];
@@ -903,6 +940,7 @@ int main(int argc, char **argv) {
     scratch = argv[2];
     test_versions_and_statuses();
     test_default_model_dir();
+    test_bundles();
     test_init_functions();
     test_loading();
     dpir_restorer *oracle = load("oracle", 1);

@@ -20,10 +20,11 @@
 (define (dpir-save image dir name) (gimp-file-save RUN-NONINTERACTIVE image (string-append dir "/out/" name) -1))
 (define (dpir-done image dir name) (dpir-save image dir name) (gimp-image-delete image))
 
-; The tiny bundle's options, the same as the CLI reference's: --steps 4 --seed 99 --tile-size 32.
+; The tiny bundle's options, the same as the CLI reference's: --steps 4 --seed 99 --tile-size 32 (latent samples,
+; 256 pixels).
 (define (dpir-restore-tiny dir image layer)
   (plug-in-dpir-restore #:run-mode RUN-NONINTERACTIVE #:image image #:drawables (vector layer)
-                        #:model (string-append dir "/bundles/tiny") #:steps 4 #:seed 99 #:tile-size 32))
+                        #:model (string-append dir "/bundles/tiny") #:steps 4 #:seed 99 #:tile-size 256))
 
 ; The oracle bundle (its result is its input) from $DPIR_MODEL: no #:model argument.
 (define (dpir-restore-oracle image layer)
@@ -53,7 +54,7 @@
   (let* ((image (dpir-open dir "rgba.png")) (layer (dpir-layer image)))
     (gimp-image-select-rectangle image CHANNEL-OP-REPLACE 50 40 200 150)
     (plug-in-dpir-restore #:run-mode RUN-NONINTERACTIVE #:image image #:drawables (vector layer) #:steps 3
-                          #:tile-mode "joint" #:tile-size 32 #:tile-overlap 8 #:context-margin 16
+                          #:tile-mode "joint" #:tile-size 256 #:tile-overlap 64 #:context-margin 16
                           #:execution-provider "cpu")
     (dpir-done image dir "oracle-rgba-joint.png"))
   (let* ((image (dpir-open dir "rgb.png")) (layer (dpir-layer image)))
@@ -132,5 +133,5 @@
     (dpir-expect-failure dir image "cancel.png"
       (lambda () (plug-in-dpir-restore #:run-mode RUN-NONINTERACTIVE #:image image #:drawables (vector layer)
                                        #:model (string-append dir "/bundles/tiny") #:steps 1000
-                                       #:tile-size 32)))
+                                       #:tile-size 256)))
     (gimp-image-delete image)))

@@ -26,8 +26,8 @@ work=$(mktemp -d "$root/tmp/dpir-gimp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 in=/tmp/$(basename "$work") # the same folder, seen from inside the chroot
 mkdir -p "$work/src" "$work/out" "$work/ref" "$work/ort" "$work/bundles" "$work/home" "$work/default/dpir"
-cp plugins/gimp/dpir-restore.c plugins/gimp/build.sh plugins/gimp/install.sh include/dpir.h target/release/libdpir.a tests/gimp/cases.scm \
-    "$work/src/"
+cp -r plugins/gimp/dpir-restore.c plugins/gimp/dialog.c plugins/gimp/dpir-restore.h plugins/gimp/build.sh \
+    plugins/gimp/install.sh plugins/gimp/help include/dpir.h target/release/libdpir.a tests/gimp/cases.scm "$work/src/"
 cp -P build/onnxruntime/lib/libonnxruntime.so* "$work/ort/"
 cp -r tests/fixtures/bundles/oracle tests/fixtures/bundles/tiny tests/fixtures/bundles/broken_nan "$work/bundles/"
 cp -r tests/fixtures/bundles/oracle "$work/default/dpir/model"
@@ -89,7 +89,7 @@ gimp_batch errors XDG_DATA_HOME="$in/default" || status=$?
 [ "$status" != 0 ] || { show_log errors; echo "the errors batch exited 0"; exit 1; }
 echo "  ok  gimp-console-3 exited $status"
 expect_in_log errors "missing-folder.png failed as expected: Procedure execution of plug-in-dpir-restore failed on invalid input arguments"
-expect_in_log errors "not-a-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot load the model $in/bundles: model bundle $in/bundles: not a dpir model bundle: it has no dpir.json"
+expect_in_log errors "not-a-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: this model cannot be used: model bundle $in/bundles: not a dpir model bundle: it has no dpir.json; did you mean one of its folders broken_nan, oracle, tiny?"
 expect_in_log errors "broken-bundle.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: the restore failed: the model produced an unusable result"
 expect_in_log errors "bad-option.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot restore this layer: invalid option: guidance must be between 1 and 100"
 expect_in_log errors "too-large.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot restore this layer: image too large"
@@ -101,7 +101,7 @@ status=0
 gimp_batch missing XDG_DATA_HOME="$in/home/empty" || status=$?
 [ "$status" != 0 ] || { show_log missing; echo "the missing batch exited 0"; exit 1; }
 echo "  ok  gimp-console-3 exited $status"
-expect_in_log missing "no-model.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: no model found."
+expect_in_log missing "no-model.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: no model found: model bundle $in/home/empty/dpir/model: no model here and DPIR_MODEL is not set"
 expect_in_log missing "no-onnxruntime.png failed as expected: Procedure execution of plug-in-dpir-restore failed: DPIR Restore: cannot load the model $in/bundles/oracle: ONNX Runtime"
 $py tests/gimp/check.py missing "$work"
 
