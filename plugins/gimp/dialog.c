@@ -31,15 +31,24 @@ typedef struct
   GtkWidget           *preview_label;
 
   gboolean             model_ok;
+  gchar               *model_path;      /* the folder of the model read last */
+  gboolean             values_unset;    /* opened without a model: its values are still to come */
   dpir_bundle_info     model;
   dpir_bundle         *bundle;   /* owns model's strings */
 
   PixelFormat          preview_format;
   guchar              *context_data;
   dpir_pixels          context;
+  guint                serial;          /* counts setting changes */
   gboolean             previewing;
   gboolean             preview_again;
   gboolean             cancel_preview;
+  dpir_rect            preview_rect;    /* what the running or last preview restored, */
+  guint                preview_serial;  /* with which settings */
+  guchar              *shown_data;      /* the last preview's pixels, drawn again after a redraw, */
+  dpir_pixels          shown;
+  dpir_rect            shown_rect;      /* of this part of the layer */
+  guint                shown_serial;    /* with these settings */
 } Dialog;
 
 /* The properties that change the restored pixels: a change re-runs the preview. */
@@ -96,36 +105,36 @@ update_tile_ranges (Dialog *d)
                                   d->model.pixels_per_latent * 4);
 }
 
-/* Reads the chosen model (or dpir's default) and says in the dialog which one will run, or why none can. */
+/* Reads the chosen model (or dpir's default) and says in the dialog which one will run, or why none can. A
+ * model other than the one read before, or the first one when the dialog opened without any, brings its own
+ * values. */
 static void
-read_model (Dialog   *d,
-            gboolean  new_model)
+read_model (Dialog *d)
 {
   static const gchar *const FROM[] = { "chosen here", "from $" MODEL_ENV, "the default model" };
-  gchar  *path  = config_model_path (d->config);
-  GError *error = NULL;
-  gchar  *text;
+  gchar   *path = config_model_path (d->config);
+  gchar   *text;
+  gboolean new_model = FALSE;
 
   g_clear_pointer (&d->bundle, dpir_bundle_free);
   d->model_ok = FALSE;
   if (path != NULL && ! g_file_test (path, G_FILE_TEST_EXISTS))
-    g_set_error (&error, GIMP_PLUG_IN_ERROR, 0,
-                 "The model folder %s no longer exists: choose another, or use the default model.", path);
+    text = g_markup_printf_escaped ("<b>No model to run:</b> the model folder %s no longer exists. Choose "
+                                    "another, or use the default model.", path);
+  else if (dpir_bundle_open (path, &d->bundle) != DPIR_STATUS_OK)
+    text = g_markup_printf_escaped ("<b>No model to run:</b> %s", dpir_last_error_message ());
   else
-    d->bundle = open_bundle (path, &error);
-
-  if (d->bundle != NULL)
     {
       dpir_bundle_get_info (d->bundle, &d->model, sizeof d->model);
       d->model_ok = TRUE;
+      new_model   = d->model_path != NULL ? g_strcmp0 (d->model_path, d->model.path) != 0 : d->values_unset;
+      g_free (d->model_path);
+      d->model_path = g_strdup (d->model.path);
       text = g_markup_printf_escaped ("<b>%s</b>, %s\n<small>%s</small>", d->model.model_name,
                                       FROM[MIN (d->model.source, 2)], d->model.path);
     }
-  else
-    {
-      text = g_markup_printf_escaped ("<b>No model to run.</b> %s", error->message);
-      g_clear_error (&error);
-    }
+  if (! d->model_ok && d->model_path == NULL)
+    d->values_unset = TRUE; /* the widgets then show their lowest values, not the model's */
   gtk_label_set_markup (GTK_LABEL (d->model_label), text);
   g_free (text);
   gtk_widget_set_sensitive (d->default_button, path != NULL);
@@ -146,7 +155,7 @@ on_setting_changed (GObject    *config,
                     Dialog     *d)
 {
   if (g_strcmp0 (pspec->name, "model") == 0)
-    read_model (d, TRUE);
+    read_model (d);
   else
     take_model_values (d, FALSE); /* Reset brings back the script-facing 0 and -1 */
 
@@ -160,8 +169,12 @@ on_setting_changed (GObject    *config,
       gtk_widget_set_sensitive (d->margin_label, joint);
     }
   for (gsize i = 0; i < G_N_ELEMENTS (RESTORE_SETTINGS); i++)
-    if (d->preview != NULL && g_strcmp0 (pspec->name, RESTORE_SETTINGS[i]) == 0)
-      gimp_preview_invalidate (GIMP_PREVIEW (d->preview));
+    if (g_strcmp0 (pspec->name, RESTORE_SETTINGS[i]) == 0)
+      {
+        d->serial++;
+        if (d->preview != NULL)
+          gimp_preview_invalidate (GIMP_PREVIEW (d->preview));
+      }
 }
 
 static void
@@ -222,24 +235,51 @@ draw_preview (Dialog            *d,
   g_free (converted);
 }
 
+/* The part of the layer the preview shows. */
+static dpir_rect
+visible_rect (Dialog *d)
+{
+  dpir_rect rect;
+  gint      x, y, width, height;
+
+  gimp_preview_get_position (GIMP_PREVIEW (d->preview), &x, &y);
+  gimp_preview_get_size (GIMP_PREVIEW (d->preview), &width, &height);
+  rect.x      = (guint32) CLAMP (x, 0, gimp_drawable_get_width (d->drawable) - 1);
+  rect.y      = (guint32) CLAMP (y, 0, gimp_drawable_get_height (d->drawable) - 1);
+  rect.width  = (guint32) CLAMP (width, 1, gimp_drawable_get_width (d->drawable) - (gint) rect.x);
+  rect.height = (guint32) CLAMP (height, 1, gimp_drawable_get_height (d->drawable) - (gint) rect.y);
+  return rect;
+}
+
+static gboolean
+same_rect (const dpir_rect *a,
+           const dpir_rect *b)
+{
+  return a->x == b->x && a->y == b->y && a->width == b->width && a->height == b->height;
+}
+
 /* Restores the part of the layer the preview shows and draws it there, with the time it took. */
 static void
 restore_preview (Dialog *d)
 {
-  GimpPreview          *preview = GIMP_PREVIEW (d->preview);
   const dpir_restorer  *restorer;
   dpir_restorer_info    running;
   dpir_restore_options  options;
   dpir_pixels           restored;
-  dpir_rect             rect;
   dpir_status           status;
   GError               *error = NULL;
   guchar               *restored_data = NULL;
   gchar                *message = NULL;
   gchar                *text;
-  gint                  x, y, width, height;
   gint64                start;
 
+  d->preview_rect   = visible_rect (d);
+  d->preview_serial = d->serial;
+  if (d->shown_data != NULL && same_rect (&d->preview_rect, &d->shown_rect) && d->shown_serial == d->serial)
+    {
+      draw_preview (d, d->shown_data, &d->shown);
+      return;
+    }
   if (! d->model_ok)
     {
       say_about_preview (d, "No preview: choose a model first.");
@@ -269,37 +309,31 @@ restore_preview (Dialog *d)
         }
     }
 
-  gimp_preview_get_position (preview, &x, &y);
-  gimp_preview_get_size (preview, &width, &height);
-  rect.x      = (guint32) MAX (x, 0);
-  rect.y      = (guint32) MAX (y, 0);
-  rect.width  = (guint32) MIN (width, gimp_drawable_get_width (d->drawable) - (gint) rect.x);
-  rect.height = (guint32) MIN (height, gimp_drawable_get_height (d->drawable) - (gint) rect.y);
-
   dpir_restorer_get_info (restorer, &running, sizeof running);
   text = g_strdup_printf ("Restoring the preview on %s...", running.execution_provider_name);
   say_about_preview (d, text);
   g_free (text);
-  gtk_widget_show (d->preview_bar);
   start  = g_get_monotonic_time ();
-  status = restore_rect (restorer, d->drawable, &d->preview_format, &d->context, &rect, &options,
+  status = restore_rect (restorer, d->drawable, &d->preview_format, &d->context, &d->preview_rect, &options,
                          show_preview_progress, d, TRUE, &restored_data, &restored, &message);
-  gtk_widget_hide (d->preview_bar);
+  gtk_progress_bar_set_fraction (GTK_PROGRESS_BAR (d->preview_bar), 0.0);
 
   if (status == DPIR_STATUS_OK)
     {
+      g_free (d->shown_data);
+      d->shown_data = restored_data;
+      d->shown      = restored;
+      d->shown_rect   = d->preview_rect;
+      d->shown_serial = d->preview_serial;
       draw_preview (d, restored_data, &restored);
-      text = g_strdup_printf ("Preview: %u x %u pixels restored in %.1f s on %s.", rect.width, rect.height,
-                              (double) (g_get_monotonic_time () - start) / G_TIME_SPAN_SECOND,
+      text = g_strdup_printf ("Preview: %u x %u pixels restored in %.1f s on %s.", restored.width,
+                              restored.height, (double) (g_get_monotonic_time () - start) / G_TIME_SPAN_SECOND,
                               running.execution_provider_name);
       say_about_preview (d, text);
       g_free (text);
+      restored_data = NULL;
     }
-  else if (status == DPIR_STATUS_CANCELLED)
-    {
-      say_about_preview (d, "");
-    }
-  else
+  else if (status != DPIR_STATUS_CANCELLED)
     {
       set_dpir_error (&error, "no preview", status, message);
       say_about_preview (d, error->message);
@@ -309,8 +343,8 @@ restore_preview (Dialog *d)
   g_free (message);
 }
 
-/* GimpPreview asks for a new rendering after a scroll, a setting change or its Preview toggle. A restore
- * already running is cancelled and started again once it has stopped. */
+/* GimpPreview asks for a new rendering after a scroll, a resize, a setting change or its Preview toggle. A
+ * restore already running for other pixels or settings is cancelled and started again once it has stopped. */
 static void
 on_preview_invalidated (GimpPreview *preview,
                         Dialog      *d)
@@ -319,8 +353,13 @@ on_preview_invalidated (GimpPreview *preview,
     return;
   if (d->previewing)
     {
-      d->cancel_preview = TRUE;
-      d->preview_again  = TRUE;
+      dpir_rect now = visible_rect (d);
+
+      if (! same_rect (&now, &d->preview_rect) || d->serial != d->preview_serial)
+        {
+          d->cancel_preview = TRUE;
+          d->preview_again  = TRUE;
+        }
       return;
     }
   d->previewing = TRUE;
@@ -361,6 +400,22 @@ choose_preview_format (GimpDrawable *drawable,
 
 /*  Building the dialog  */
 
+/* Gives the preview's Preview toggle its mnemonic, Alt+P, which GIMP's drawable preview leaves out. */
+static void
+preview_mnemonic (GtkWidget *widget,
+                  gpointer   data)
+{
+  if (GTK_IS_CHECK_BUTTON (widget))
+    {
+      gtk_button_set_label (GTK_BUTTON (widget), "_Preview");
+      gtk_button_set_use_underline (GTK_BUTTON (widget), TRUE);
+    }
+  else if (GTK_IS_CONTAINER (widget))
+    {
+      gtk_container_foreach (GTK_CONTAINER (widget), preview_mnemonic, NULL);
+    }
+}
+
 /* A label for `widget` in the grid's `row`, with a mnemonic. */
 static GtkWidget *
 attach_row (GtkWidget   *grid,
@@ -391,13 +446,14 @@ new_grid (void)
   return grid;
 }
 
-/* A spin scale bound to `property`, showing `lower`..`upper` (the script-facing 0 or -1 below that is never
- * shown). */
+/* A spin scale bound to `property` that takes `lower`..`upper` (the script-facing 0 or -1 below that is never
+ * shown), its slider spanning the usual `lower`..`slider_upper`. */
 static GtkWidget *
 spin_scale (GObject     *config,
             const gchar *property,
             gdouble      lower,
             gdouble      upper,
+            gdouble      slider_upper,
             gdouble      step,
             gint         digits)
 {
@@ -405,18 +461,22 @@ spin_scale (GObject     *config,
 
   gimp_spin_scale_set_label (GIMP_SPIN_SCALE (spin), NULL);
   gtk_spin_button_set_range (GTK_SPIN_BUTTON (spin), lower, upper);
+  gimp_spin_scale_set_scale_limits (GIMP_SPIN_SCALE (spin), lower, slider_upper);
   return spin;
 }
 
-/* A spin button in pixels, snapping to its increments. */
+/* A spin button in pixels, from 0; `snap` keeps it on its increments (which the model sets). */
 static GtkWidget *
 pixel_spin (GObject     *config,
-            const gchar *property)
+            const gchar *property,
+            gboolean     snap)
 {
-  GtkWidget *spin = gimp_prop_spin_button_new (config, property, 16, 128, 0);
+  GtkWidget *spin = gimp_prop_spin_button_new (config, property, 8, 64, 0);
   GtkWidget *box  = gtk_box_new (GTK_ORIENTATION_HORIZONTAL, 6);
 
-  gtk_spin_button_set_snap_to_ticks (GTK_SPIN_BUTTON (spin), TRUE);
+  /* The range first: snapping counts increments from its lower end. */
+  gtk_spin_button_set_range (GTK_SPIN_BUTTON (spin), 0, 65536);
+  gtk_spin_button_set_snap_to_ticks (GTK_SPIN_BUTTON (spin), snap);
   gtk_box_pack_start (GTK_BOX (box), spin, FALSE, FALSE, 0);
   gtk_box_pack_start (GTK_BOX (box), gtk_label_new ("pixels"), FALSE, FALSE, 0);
   g_object_set_data (G_OBJECT (box), "spin", spin);
@@ -433,7 +493,7 @@ restore_dialog (GimpProcedure       *procedure,
 {
   Dialog     d = { 0 };
   GObject   *cfg = G_OBJECT (config);
-  GtkWidget *content, *vbox, *grid, *row, *chooser, *button, *expander, *box, *spin;
+  GtkWidget *content, *vbox, *columns, *left, *right, *grid, *row, *chooser, *button, *expander, *box, *spin;
   gboolean   run;
   gint       n = 0;
 
@@ -462,13 +522,22 @@ restore_dialog (GimpProcedure       *procedure,
       gtk_box_pack_start (GTK_BOX (vbox), bar, FALSE, FALSE, 0);
     }
 
+  /* The preview on the left, the settings on the right. */
+  columns = gtk_box_new (GTK_ORIENTATION_HORIZONTAL, 18);
+  left    = gtk_box_new (GTK_ORIENTATION_VERTICAL, 6);
+  right   = gtk_box_new (GTK_ORIENTATION_VERTICAL, 12);
+  gtk_box_pack_start (GTK_BOX (vbox), columns, TRUE, TRUE, 0);
+  gtk_widget_set_valign (left, GTK_ALIGN_START);
+  gtk_box_pack_start (GTK_BOX (columns), left, FALSE, FALSE, 0);
+  gtk_box_pack_start (GTK_BOX (columns), right, TRUE, TRUE, 0);
+
   /* The model: what will run, before anything else. Connected before the widgets exist, so the model's values
    * replace a Reset's 0 and -1 before the widgets see them. */
   g_signal_connect (config, "notify", G_CALLBACK (on_setting_changed), &d);
   grid = new_grid ();
-  gtk_box_pack_start (GTK_BOX (vbox), grid, FALSE, FALSE, 0);
+  gtk_box_pack_start (GTK_BOX (right), grid, FALSE, FALSE, 0);
   row     = gtk_box_new (GTK_ORIENTATION_HORIZONTAL, 6);
-  chooser = gimp_prop_file_chooser_new (cfg, "model", NULL, "Choose a DPIR Model Folder");
+  chooser = gimp_prop_file_chooser_new (cfg, "model", "", "Choose a DPIR Model Folder");
   d.default_button = gtk_button_new_with_mnemonic ("Use the _default model");
   g_signal_connect (d.default_button, "clicked", G_CALLBACK (use_default_model), &d);
   gtk_box_pack_start (GTK_BOX (row), chooser, TRUE, TRUE, 0);
@@ -480,16 +549,16 @@ restore_dialog (GimpProcedure       *procedure,
   d.model_label = gtk_label_new (NULL);
   gtk_label_set_xalign (GTK_LABEL (d.model_label), 0.0);
   gtk_label_set_line_wrap (GTK_LABEL (d.model_label), TRUE);
-  gtk_label_set_max_width_chars (GTK_LABEL (d.model_label), 60);
+  gtk_label_set_max_width_chars (GTK_LABEL (d.model_label), 50);
   gtk_label_set_selectable (GTK_LABEL (d.model_label), TRUE);
   gtk_grid_attach (GTK_GRID (grid), d.model_label, 1, n++, 1, 1);
 
   /* Basic settings. */
-  read_model (&d, FALSE);
-  attach_row (grid, n++, "_Quality (steps)", spin_scale (cfg, "steps", 1, 100, 1, 0),
+  read_model (&d);
+  attach_row (grid, n++, "_Quality (steps)", spin_scale (cfg, "steps", 1, 1000, 100, 1, 0),
               "How many times the model refines the picture. More steps give finer, more faithful detail and "
               "take proportionally longer; few steps (4 to 10) give a quick, softer draft.");
-  attach_row (grid, n++, "Prompt stren_gth", spin_scale (cfg, "guidance", 1, 20, 0.5, 1),
+  attach_row (grid, n++, "Prompt stren_gth", spin_scale (cfg, "guidance", 1, 100, 20, 0.5, 1),
               "How strongly the restoration is pushed towards a clean, sharp photograph. 1 is the model's "
               "natural result; higher values bring crisper texture but can look over-processed, and take twice "
               "as long.");
@@ -501,19 +570,19 @@ restore_dialog (GimpProcedure       *procedure,
   d.preview = gimp_drawable_preview_new_from_drawable (drawable);
   gimp_preview_set_update (GIMP_PREVIEW (d.preview), FALSE);
   g_signal_connect (d.preview, "invalidated", G_CALLBACK (on_preview_invalidated), &d);
-  gtk_box_pack_start (GTK_BOX (vbox), d.preview, TRUE, TRUE, 0);
+  preview_mnemonic (gimp_preview_get_controls (GIMP_PREVIEW (d.preview)), NULL);
+  gtk_box_pack_start (GTK_BOX (left), d.preview, FALSE, FALSE, 0); /* its size stays as texts change */
   d.preview_bar = gtk_progress_bar_new ();
-  gtk_widget_set_no_show_all (d.preview_bar, TRUE);
-  gtk_box_pack_start (GTK_BOX (vbox), d.preview_bar, FALSE, FALSE, 0);
+  gtk_box_pack_start (GTK_BOX (left), d.preview_bar, FALSE, FALSE, 0);
   d.preview_label = gtk_label_new ("Tick Preview to restore the part shown above with these settings.");
   gtk_label_set_xalign (GTK_LABEL (d.preview_label), 0.0);
   gtk_label_set_line_wrap (GTK_LABEL (d.preview_label), TRUE);
-  gtk_label_set_max_width_chars (GTK_LABEL (d.preview_label), 60);
-  gtk_box_pack_start (GTK_BOX (vbox), d.preview_label, FALSE, FALSE, 0);
+  gtk_label_set_max_width_chars (GTK_LABEL (d.preview_label), 36);
+  gtk_box_pack_start (GTK_BOX (left), d.preview_label, FALSE, FALSE, 0);
 
   /* Advanced settings, folded away. */
   expander = gtk_expander_new_with_mnemonic ("_Advanced");
-  gtk_box_pack_start (GTK_BOX (vbox), expander, FALSE, FALSE, 0);
+  gtk_box_pack_start (GTK_BOX (right), expander, FALSE, FALSE, 0);
   grid = new_grid ();
   gtk_widget_set_margin_top (grid, 6);
   gtk_container_add (GTK_CONTAINER (expander), grid);
@@ -522,18 +591,17 @@ restore_dialog (GimpProcedure       *procedure,
               "Large layers are restored in tiles. Independent: each tile on its own, so restoring a selection "
               "gives exactly the pixels of the whole layer. Joint: tiles agree at every step, for the most even "
               "texture across a large picture.");
-  box = pixel_spin (cfg, "tile-size");
+  box = pixel_spin (cfg, "tile-size", TRUE);
   d.tile_size = g_object_get_data (G_OBJECT (box), "spin");
   attach_row (grid, n++, "Tile si_ze", box,
               "The side of one tile. Smaller tiles need less memory but see less of the picture at once.");
-  box = pixel_spin (cfg, "tile-overlap");
+  box = pixel_spin (cfg, "tile-overlap", TRUE);
   d.tile_overlap = g_object_get_data (G_OBJECT (box), "spin");
   attach_row (grid, n++, "Tile o_verlap", box,
               "How far neighbouring tiles overlap. Wider overlaps hide seams between tiles and add a little "
               "work.");
-  box = pixel_spin (cfg, "context-margin");
+  box = pixel_spin (cfg, "context-margin", FALSE);
   d.margin = g_object_get_data (G_OBJECT (box), "spin");
-  gtk_spin_button_set_range (GTK_SPIN_BUTTON (d.margin), 0, 4096);
   d.margin_label = attach_row (grid, n++, "Conte_xt margin", box,
                                "Joint tile mode: how much of the layer around the selection is restored with "
                                "it, so the result blends with its surroundings.");
@@ -569,5 +637,7 @@ restore_dialog (GimpProcedure       *procedure,
   gtk_widget_destroy (d.dialog);
   g_clear_pointer (&d.bundle, dpir_bundle_free);
   g_free (d.context_data);
+  g_free (d.shown_data);
+  g_free (d.model_path);
   return run;
 }

@@ -18,7 +18,6 @@
  * `make -C plugins/gimp install-gimp` puts it). The help pages are installed beside it too, in help/.
  */
 
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -65,6 +64,7 @@ static gboolean        restore_plug_in_set_i18n         (GimpPlugIn           *p
                                                          gchar               **catalog_dir);
 static GimpProcedure  *restore_plug_in_create_procedure (GimpPlugIn           *plug_in,
                                                          const gchar          *name);
+static void            restore_plug_in_quit             (GimpPlugIn           *plug_in);
 static GimpValueArray *restore_run                      (GimpProcedure        *procedure,
                                                          GimpRunMode           run_mode,
                                                          GimpImage            *image,
@@ -91,6 +91,7 @@ restore_plug_in_class_init (RestorePlugInClass *klass)
   plug_in_class->query_procedures = restore_plug_in_query_procedures;
   plug_in_class->create_procedure = restore_plug_in_create_procedure;
   plug_in_class->set_i18n         = restore_plug_in_set_i18n;
+  plug_in_class->quit             = restore_plug_in_quit;
 }
 
 static void
@@ -148,7 +149,7 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
 
   gimp_procedure_set_image_types (procedure, "RGB*, GRAY*");
   gimp_procedure_set_sensitivity_mask (procedure, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
-  gimp_procedure_set_menu_label (procedure, "DPIR _Restore...");
+  gimp_procedure_set_menu_label (procedure, "DP_IR Restore...");
   gimp_procedure_add_menu_path (procedure, "<Image>/Filters/Enhance");
   gimp_procedure_set_documentation (procedure,
                                     "Restore a degraded photo with DPIR diffusion",
@@ -227,13 +228,13 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
   return procedure;
 }
 
-/* GIMP's progress cancel ends the plug-in; when that happens mid-restore, leave at once, without the exit
- * handlers that would tear ONNX Runtime down under the running model (and have it complain on the terminal).
- * The layer is only written after a restore succeeds, so nothing is lost. */
+/* GIMP's progress cancel asks the plug-in to quit (then kills it); when that happens mid-restore, leave at once,
+ * before the exit handlers that would tear ONNX Runtime down under the running model (which then complains on
+ * the terminal). The layer is only written after a restore succeeds, so nothing is lost. */
 static volatile gboolean restoring;
 
 static void
-leave_quietly (void)
+restore_plug_in_quit (GimpPlugIn *plug_in)
 {
   if (restoring)
     _exit (0);
@@ -266,7 +267,6 @@ restore_run (GimpProcedure        *procedure,
   gint               n_drawables = 0;
 
   gegl_init (NULL, NULL);
-  atexit (leave_quietly);
 
   while (drawables != NULL && drawables[n_drawables] != NULL)
     n_drawables++;

@@ -1,6 +1,8 @@
 """Inputs and checks of the GIMP plug-in test (tests/gimp/test_gimp.sh).
 
     check.py images DIR            writes DIR/rgb.png and DIR/rgba.png
+    check.py screenshot XWD PNG    converts Xvfb's framebuffer file to a PNG
+    check.py changed A.png B.png N fails unless at least N pixels differ between two screenshots
     check.py restore|errors|missing|cancel DIR
                                    checks what the script-fu programs of the same names in cases.scm wrote to
                                    DIR/out/, against the inputs and DIR/ref/tiny.png (the CLI's restore of rgb.png
@@ -140,10 +142,34 @@ def check_unchanged(folder: Path, names) -> None:
               f"max |saved - input| = {max_diff(result, rgb)}")
 
 
+def screenshot(framebuffer: Path, png: Path) -> None:
+    """Converts Xvfb's screen (an XWD file in its -fbdir, 24-bit colour in 32-bit pixels) to a PNG."""
+    data = framebuffer.read_bytes()
+    fields = np.frombuffer(data[:100], ">u4")
+    header_size, width, height, byte_order, bits_per_pixel, bytes_per_line, colours = (
+        int(fields[0]), int(fields[4]), int(fields[5]), int(fields[7]), int(fields[11]), int(fields[12]),
+        int(fields[19]))
+    assert bits_per_pixel == 32 and byte_order == 0, "expected Xvfb's 32-bit little-endian pixels"
+    start = header_size + 12 * colours
+    rows = np.frombuffer(data, np.uint8, count=bytes_per_line * height, offset=start).reshape(height, -1)
+    pixels = rows[:, : width * 4].reshape(height, width, 4)
+    Image.fromarray(np.ascontiguousarray(pixels[..., 2::-1])).save(png)
+
+
 def main() -> None:
     command, folder = sys.argv[1], Path(sys.argv[2])
     if command == "images":
         write_images(folder)
+        return
+    if command == "screenshot":
+        screenshot(folder, Path(sys.argv[3]))
+        return
+    if command == "changed":
+        before, after = read(folder), read(Path(sys.argv[3]))
+        changed = int((np.abs(before - after).max(axis=2) > 8).sum())
+        print(f"  {changed} pixels of the screen changed")
+        if changed < int(sys.argv[4]):
+            raise SystemExit(1)
         return
     if command == "restore":
         check_restore(folder)

@@ -77,11 +77,22 @@ if ! gimp_batch restore DPIR_MODEL="$in/bundles/oracle"; then
     exit 1
 fi
 registered=$(grep -A12 'proc-def "plug-in-dpir-restore"' "$work/profile/pluginrc")
-for entry in '"DPIR _Restore..."' '(menu-path "<Image>/Filters/Enhance")' '"RGB*, GRAY*"'; do
+for entry in '"DP_IR Restore..."' '(menu-path "<Image>/Filters/Enhance")' '"RGB*, GRAY*"'; do
     grep -qF "$entry" <<<"$registered" || { echo "GIMP did not register $entry"; exit 1; }
 done
 echo "  ok  registered in GIMP: Filters > Enhance > DPIR Restore..., RGB and gray images"
 $py tests/gimp/check.py restore "$work"
+
+echo "== GIMP plug-in: help pages registered with GIMP"
+grep -qF "(help-def \"org.dpir.restore\" \"file://$in/profile/plug-ins/dpir-restore/help\")" "$work/profile/pluginrc" ||
+    { grep help-def "$work/profile/pluginrc"; echo "GIMP has not registered the help pages"; exit 1; }
+page=$(grep -o 'id="plug-in-dpir-restore" ref="[^"]*"' "$work/profile/plug-ins/dpir-restore/help/en/gimp-help.xml")
+[ -f "$work/profile/plug-ins/dpir-restore/help/en/$(echo "$page" | sed 's/.*ref="\(.*\)"/\1/')" ] ||
+    { echo "the help page of plug-in-dpir-restore is missing"; exit 1; }
+echo "  ok  help domain org.dpir.restore -> the installed help/en/index.html (no network)"
+
+echo "== GIMP plug-in: the dialog in GIMP's window (tests/gimp/test_dialog.sh)"
+bash tests/gimp/test_dialog.sh "$root" "$work"
 
 echo "== GIMP plug-in: errors leave the layer unchanged (model from the default place)"
 status=0
