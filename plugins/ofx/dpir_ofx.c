@@ -44,40 +44,54 @@
     "Restores degraded frames with DPIR (Dual Prompting Image Restoration, a Stable Diffusion 3 transformer) on "   \
     "ONNX Runtime. The starting noise is locked to frame position and seed, so a still shot does not flicker."
 
-/* Parameters, in the order the host shows them. The names are also MLT's filter property names. */
+/* Parameters, in the order the host shows them: the basic ones, then the Advanced group. The names are also MLT's
+ * filter property names. */
 enum param {
-    PARAM_MODEL,          /* string, directory: the model bundle; empty = $DPIR_MODEL */
-    PARAM_PROVIDER,       /* choice: execution provider */
-    PARAM_DEVICE,         /* integer: CUDA device for CUDA and TensorRT */
-    PARAM_STEPS,          /* integer: denoising steps, 0 = the model's */
-    PARAM_SEED,           /* integer: seed, -1 = the model's */
+    PARAM_MODEL,          /* string, folder or its dpir.json: the model bundle; "default" or "" = dpir's default */
+    PARAM_STEPS,          /* integer: denoising steps */
+    PARAM_GUIDANCE,       /* double: guidance scale ("prompt strength") */
+    PARAM_PROVIDER,       /* choice: where the model runs */
+    PARAM_SEED,           /* integer: seed (Advanced, as all below) */
     PARAM_SEED_PER_FRAME, /* boolean: add the frame number to the seed */
-    PARAM_GUIDANCE,       /* double: guidance scale, 0 = the model's */
+    PARAM_TILE_MODE,      /* choice: independent or joint tiles */
+    PARAM_TILE_SIZE,      /* integer: tile side in pixels */
+    PARAM_TILE_OVERLAP,   /* integer: tile overlap in pixels */
     PARAM_GLOBAL_CONTEXT, /* choice: what each render reads for the global prompt */
     PARAM_CONTEXT_MARGIN, /* integer: pixels of surrounding frame read around a region */
-    PARAM_TILE_MODE,      /* choice: independent or joint tiles */
-    PARAM_TILE_SIZE,      /* integer: tile side in latents, 0 = the model's */
-    PARAM_TILE_OVERLAP,   /* integer: tile overlap in latents, -1 = the model's */
     PARAM_ENCODING,       /* choice: how pixel values encode light */
     PARAM_MAX_MEMORY,     /* double: the memory budget in GiB, 0 = none */
+    PARAM_DEVICE,         /* integer: CUDA device for CUDA and TensorRT */
     PARAM_COUNT
 };
 
 static const char *const PARAM_NAMES[PARAM_COUNT] = {
-    "model", "provider", "device", "steps", "seed", "seed_per_frame", "guidance", "global_context",
-    "context_margin", "tile_mode", "tile_size", "tile_overlap", "encoding", "max_memory",
+    "model", "steps", "guidance", "provider", "seed", "seed_per_frame", "tile_mode", "tile_size", "tile_overlap",
+    "global_context", "context_margin", "encoding", "max_memory", "device",
 };
+#define FIRST_ADVANCED PARAM_SEED
+#define ADVANCED_GROUP "advanced"
+#define NEW_SEED "new_seed" /* push button, after the seed */
+#define MAIN_PAGE "main"
+/* The model parameter's value for dpir's default model. */
+#define DEFAULT_MODEL "default"
 
 /* Choice options; their order is the parameter's value (MLT sets choices by these labels). */
-static const char *const PROVIDER_OPTIONS[] = {"CPU", "CUDA", "TensorRT", "Auto"};
-static const uint32_t PROVIDER_VALUES[] = {DPIR_EXECUTION_PROVIDER_CPU, DPIR_EXECUTION_PROVIDER_CUDA,
-                                           DPIR_EXECUTION_PROVIDER_TENSORRT, DPIR_EXECUTION_PROVIDER_AUTO};
+static const char *const PROVIDER_OPTIONS[] = {"Auto", "CPU", "CUDA", "TensorRT"};
+static const uint32_t PROVIDER_VALUES[] = {DPIR_EXECUTION_PROVIDER_AUTO, DPIR_EXECUTION_PROVIDER_CPU,
+                                           DPIR_EXECUTION_PROVIDER_CUDA, DPIR_EXECUTION_PROVIDER_TENSORRT};
 enum global_context { GLOBAL_WHOLE_FRAME, GLOBAL_REGION };
 static const char *const GLOBAL_CONTEXT_OPTIONS[] = {"Whole frame", "Region"};
 static const char *const TILE_MODE_OPTIONS[] = {"Independent", "Joint"};
 static const uint32_t TILE_MODE_VALUES[] = {DPIR_TILE_MODE_INDEPENDENT, DPIR_TILE_MODE_JOINT};
 enum encoding { ENCODING_AUTO, ENCODING_SRGB, ENCODING_LINEAR };
 static const char *const ENCODING_OPTIONS[] = {"Auto", "sRGB", "Linear"};
+
+/* What the parameters start at when no model is found while the host asks for them: what dpir's converter writes
+ * into a DPIR bundle. Otherwise they are the default model's own values. */
+static const dpir_bundle_info FALLBACK_DEFAULTS = {
+    .default_steps = 28, .default_guidance = 1.0f, .default_seed = 1234, .pixels_per_latent = 8,
+    .default_tile_pixels = 1024, .default_overlap_pixels = 128, .tile_step_pixels = 16, .max_tile_pixels = 1024,
+};
 
 #define COUNT(array) ((int)(sizeof(array) / sizeof((array)[0])))
 #define DEFAULT_CONTEXT_MARGIN 64
@@ -172,6 +186,7 @@ struct model {
     int32_t device;
     uint64_t memory_budget;
     dpir_restorer *restorer;
+    uint32_t pixels_per_latent, tile_step; /* the bundle's: tile sizes in pixels become latent samples */
     unsigned users;
     uint64_t last_used;
 };
@@ -254,24 +269,30 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
         }
         clock_gettime(CLOCK_MONOTONIC, &end);
         dpir_restorer_info info;
+        dpir_bundle *bundle = NULL;
+        dpir_bundle_info units = FALLBACK_DEFAULTS;
         char text[MESSAGE_SIZE], defaults[256] = "";
         const char *ep = "?";
+        if (dpir_bundle_open(path, &bundle) == DPIR_STATUS_OK) dpir_bundle_get_info(bundle, &units, sizeof units);
         if (dpir_restorer_get_info(restorer, &info, sizeof info) == DPIR_STATUS_OK) {
             ep = info.execution_provider_name;
-            /* What the parameters' 0 and -1 stand for, from the model itself. */
             snprintf(defaults, sizeof defaults,
-                     "; defaults: %u steps, seed %llu, guidance %g, tiles of %u latent samples (%u pixels) "
-                     "overlapping by %u (%u pixels)",
-                     info.default_steps, (unsigned long long)info.default_seed, (double)info.default_guidance,
-                     info.default_tile_size, info.default_tile_size * info.pixels_per_latent,
-                     info.default_tile_overlap, info.default_tile_overlap * info.pixels_per_latent);
+                     "; its own values: %u steps, guidance %g, seed %llu, tiles of %u pixels overlapping by %u",
+                     info.default_steps, (double)info.default_guidance, (unsigned long long)info.default_seed,
+                     units.default_tile_pixels, units.default_overlap_pixels);
         }
         snprintf(text, sizeof text, PLUGIN_LABEL ": loaded model %.400s on %s in %.2f s%s", path, ep,
                  (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) * 1e-9, defaults);
         log_message(s, effect, text);
         found = free_slot;
-        *found = (struct model){
-            .path = copy, .provider = provider, .device = device, .memory_budget = memory_budget, .restorer = restorer};
+        *found = (struct model){.path = copy,
+                                .provider = provider,
+                                .device = device,
+                                .memory_budget = memory_budget,
+                                .restorer = restorer,
+                                .pixels_per_latent = units.pixels_per_latent,
+                                .tile_step = units.tile_step_pixels};
+        dpir_bundle_free(bundle);
     }
     found->users++;
     found->last_used = ++models.clock;
@@ -359,27 +380,26 @@ static int get_choice(const struct suites *s, OfxParamHandle p, OfxTime t, int o
     return v >= 0 && v < options ? v : 0;
 }
 
-/* The model: the parameter, else dpir's default ($DPIR_MODEL, else ~/.local/share/dpir/model when it exists), as
- * for the GIMP plug-in. Returns 0 with an error text when there is none. */
+/* The model folder the parameter names (the folder or its dpir.json; "default" or nothing: dpir's default,
+ * $DPIR_MODEL, else ~/.local/share/dpir/model), its manifest read to be sure. Returns 0 with an error text that
+ * says what is wrong (a folder above bundles: which ones it holds). */
 static int find_model(const char *parameter, char *path, size_t size, char *error, size_t error_size) {
-    size_t length;
-    if (parameter && parameter[0]) {
-        length = strlen(parameter);
-        if (length < size) memcpy(path, parameter, length + 1);
-    } else {
-        length = dpir_default_model_dir(path, size);
-        if (length == 0) {
-            snprintf(error, error_size,
-                     PLUGIN_LABEL ": no model: set the \"model\" parameter or DPIR_MODEL to a dpir bundle directory, "
-                                  "or put one in ~/.local/share/dpir/model");
-            return 0;
-        }
-    }
-    if (length >= size) {
-        snprintf(error, error_size, PLUGIN_LABEL ": the model path is too long");
+    const char *named = parameter && parameter[0] && strcmp(parameter, DEFAULT_MODEL) != 0 ? parameter : NULL;
+    dpir_bundle *bundle = NULL;
+    dpir_bundle_info info;
+    if (dpir_bundle_open(named, &bundle) != DPIR_STATUS_OK) {
+        snprintf(error, error_size, PLUGIN_LABEL ": %s: %s", named ? "this model cannot be used" : "no model found",
+                 dpir_last_error_message());
         return 0;
     }
-    return 1;
+    dpir_bundle_get_info(bundle, &info, sizeof info);
+    int fits = strlen(info.path) < size;
+    if (fits)
+        memcpy(path, info.path, strlen(info.path) + 1);
+    else
+        snprintf(error, error_size, PLUGIN_LABEL ": the model path is too long");
+    dpir_bundle_free(bundle);
+    return fits;
 }
 
 /* Reads every parameter at `time`; returns 0 and an error text when no model is found. */
@@ -411,21 +431,31 @@ static int margin_pixels(const struct settings *st, const double scale[2]) {
     return m > 1e6 ? 1000000 : (int)m;
 }
 
+/* A tile side in pixels as latent samples of the model: down to its step, at least one step; 0 (from older
+ * projects) takes the model's own. */
+static uint32_t tile_latents(int pixels, const struct model *m) {
+    if (pixels <= 0) return 0;
+    uint32_t step = m->tile_step ? m->tile_step : 1, per_latent = m->pixels_per_latent ? m->pixels_per_latent : 1;
+    uint32_t snapped = (uint32_t)pixels / step * step;
+    return (snapped ? snapped : step) / per_latent;
+}
+
 /* The restore options of these settings at `time` and render scale (no callbacks). */
-static void restore_options(const struct settings *st, const dpir_restorer *restorer, OfxTime t,
-                            const double scale[2], dpir_restore_options *o) {
+static void restore_options(const struct settings *st, const struct model *m, OfxTime t, const double scale[2],
+                            dpir_restore_options *o) {
     dpir_restore_options_init(o, sizeof *o);
     o->steps = st->steps > 0 ? (uint32_t)st->steps : 0;
     o->guidance = st->guidance > 0 ? (float)st->guidance : 0.0f;
     o->tile_mode = st->tile_mode;
-    o->tile_size = st->tile_size > 0 ? (uint32_t)st->tile_size : 0;
-    o->tile_overlap = st->tile_overlap >= 0 ? st->tile_overlap : -1;
+    o->tile_size = tile_latents(st->tile_size, m);
+    o->tile_overlap = st->tile_overlap >= 0 ? st->tile_overlap / (int)(m->pixels_per_latent ? m->pixels_per_latent : 1)
+                                            : -1;
     o->context_margin = margin_pixels(st, scale);
     if (st->seed >= 0 || st->seed_per_frame) {
         uint64_t seed = (uint64_t)st->seed;
         if (st->seed < 0) {
             dpir_restorer_info info;
-            seed = dpir_restorer_get_info(restorer, &info, sizeof info) == DPIR_STATUS_OK ? info.default_seed : 0;
+            seed = dpir_restorer_get_info(m->restorer, &info, sizeof info) == DPIR_STATUS_OK ? info.default_seed : 0;
         }
         if (st->seed_per_frame) seed += (uint64_t)(int64_t)floor(t + 0.5);
         o->seed = seed == DPIR_SEED_DEFAULT ? 0 : seed;
@@ -644,18 +674,25 @@ static OfxStatus describe(const struct suites *s, OfxImageEffectHandle effect) {
     return kOfxStatOK;
 }
 
-static OfxPropertySetHandle define_param(const struct suites *s, OfxParamSetHandle params, const char *type,
-                                         enum param which, const char *label, const char *hint) {
+/* Defines a parameter with its label and hint; the advanced ones go into the Advanced group. */
+static OfxPropertySetHandle define_named(const struct suites *s, OfxParamSetHandle params, const char *type,
+                                         const char *name, int advanced, const char *label, const char *hint) {
     OfxPropertySetHandle props = NULL;
-    if (s->parameter->paramDefine(params, type, PARAM_NAMES[which], &props) != kOfxStatOK || !props) return NULL;
+    if (s->parameter->paramDefine(params, type, name, &props) != kOfxStatOK || !props) return NULL;
     s->property->propSetString(props, kOfxPropLabel, 0, label);
-    s->property->propSetString(props, kOfxParamPropScriptName, 0, PARAM_NAMES[which]);
+    s->property->propSetString(props, kOfxParamPropScriptName, 0, name);
     s->property->propSetString(props, kOfxParamPropHint, 0, hint);
+    if (advanced) s->property->propSetString(props, kOfxParamPropParent, 0, ADVANCED_GROUP);
     return props;
 }
 
+static OfxPropertySetHandle define_param(const struct suites *s, OfxParamSetHandle params, const char *type,
+                                         enum param which, const char *label, const char *hint) {
+    return define_named(s, params, type, PARAM_NAMES[which], which >= FIRST_ADVANCED, label, hint);
+}
+
 static void define_int(const struct suites *s, OfxParamSetHandle params, enum param which, const char *label,
-                       const char *hint, int def, int min, int max, int display_max, int animates) {
+                       const char *hint, int def, int min, int max, int display_max) {
     OfxPropertySetHandle props = define_param(s, params, kOfxParamTypeInteger, which, label, hint);
     if (!props) return;
     const OfxPropertySuiteV1 *p = s->property;
@@ -664,7 +701,23 @@ static void define_int(const struct suites *s, OfxParamSetHandle params, enum pa
     p->propSetInt(props, kOfxParamPropMax, 0, max);
     p->propSetInt(props, kOfxParamPropDisplayMin, 0, min);
     p->propSetInt(props, kOfxParamPropDisplayMax, 0, display_max);
-    p->propSetInt(props, kOfxParamPropAnimates, 0, animates);
+    p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
+}
+
+static void define_double(const struct suites *s, OfxParamSetHandle params, enum param which, const char *label,
+                          const char *hint, double def, double min, double max, double display_max, int digits) {
+    OfxPropertySetHandle props = define_param(s, params, kOfxParamTypeDouble, which, label, hint);
+    if (!props) return;
+    const OfxPropertySuiteV1 *p = s->property;
+    p->propSetString(props, kOfxParamPropDoubleType, 0, kOfxParamDoubleTypePlain);
+    p->propSetDouble(props, kOfxParamPropDefault, 0, def);
+    p->propSetDouble(props, kOfxParamPropMin, 0, min);
+    p->propSetDouble(props, kOfxParamPropMax, 0, max);
+    p->propSetDouble(props, kOfxParamPropDisplayMin, 0, min);
+    p->propSetDouble(props, kOfxParamPropDisplayMax, 0, display_max);
+    p->propSetDouble(props, kOfxParamPropIncrement, 0, 0.5);
+    p->propSetInt(props, kOfxParamPropDigits, 0, digits);
+    p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
 }
 
 static void define_choice(const struct suites *s, OfxParamSetHandle params, enum param which, const char *label,
@@ -674,6 +727,16 @@ static void define_choice(const struct suites *s, OfxParamSetHandle params, enum
     s->property->propSetStringN(props, kOfxParamPropChoiceOption, count, options);
     s->property->propSetInt(props, kOfxParamPropDefault, 0, 0);
     s->property->propSetInt(props, kOfxParamPropAnimates, 0, 0);
+}
+
+/* The values the parameters start at: the default model's own ($DPIR_MODEL, else ~/.local/share/dpir/model),
+ * read from its dpir.json, else what dpir's converter writes for DPIR. */
+static dpir_bundle_info default_model_values(void) {
+    dpir_bundle_info info = FALLBACK_DEFAULTS;
+    dpir_bundle *bundle = NULL;
+    if (dpir_bundle_open(NULL, &bundle) == DPIR_STATUS_OK) dpir_bundle_get_info(bundle, &info, sizeof info);
+    dpir_bundle_free(bundle);
+    return info;
 }
 
 static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandle effect) {
@@ -689,93 +752,134 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
     }
     OfxParamSetHandle params;
     if (s->effect->getParamSet(effect, &params) != kOfxStatOK) return kOfxStatErrFatal;
+    dpir_bundle_info model = default_model_values();
 
+    /* Basic. */
     OfxPropertySetHandle props = define_param(
         s, params, kOfxParamTypeString, PARAM_MODEL, "Model",
-        "Directory of a dpir model bundle (dpir.json and its ONNX graphs). Empty: the DPIR_MODEL environment "
-        "variable, else ~/.local/share/dpir/model. Loaded once per process and shared by every instance that names "
-        "it.");
+        "The DPIR model: its folder, or the dpir.json in it. \"" DEFAULT_MODEL "\" takes the DPIR_MODEL environment "
+        "variable, else ~/.local/share/dpir/model. A new model brings its own quality, strength, seed and tiles.");
     if (props) {
         p->propSetString(props, kOfxParamPropStringMode, 0, kOfxParamStringIsDirectoryPath);
-        p->propSetInt(props, kOfxParamPropStringFilePathExists, 0, 1);
-        p->propSetString(props, kOfxParamPropDefault, 0, "");
+        p->propSetString(props, kOfxParamPropDefault, 0, DEFAULT_MODEL);
         p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
     }
-    define_choice(s, params, PARAM_PROVIDER, "Execution provider",
-                  "Where the model runs. CUDA and TensorRT need onnxruntime-gpu's provider libraries; one asked "
-                  "for that cannot be used is an error, never a silent fall back. Auto takes the best that works.",
+    define_int(s, params, PARAM_STEPS, "Quality (steps)",
+               "How many times the model refines each frame. More steps give finer, more faithful detail and take "
+               "proportionally longer; 4 to 10 steps make a quick draft.",
+               (int)model.default_steps, 1, 1000, 50);
+    define_double(s, params, PARAM_GUIDANCE, "Prompt strength",
+                  "How strongly frames are pushed towards a clean, sharp picture. 1 is the model's natural result; "
+                  "higher values bring crisper texture, can look over-processed, and take twice as long.",
+                  model.default_guidance, 1.0, 100.0, 10.0, 1);
+    define_choice(s, params, PARAM_PROVIDER, "Run on",
+                  "Where the model runs. Auto takes the NVIDIA card (TensorRT, else CUDA) when its libraries load, "
+                  "else the CPU, and the load message says which. CUDA or TensorRT asked for by name fail clearly "
+                  "when they cannot be used.",
                   PROVIDER_OPTIONS, COUNT(PROVIDER_OPTIONS));
-    define_int(s, params, PARAM_DEVICE, "GPU device", "CUDA device ordinal for CUDA and TensorRT.", 0, 0, 255, 8, 0);
-    define_int(s, params, PARAM_STEPS, "Steps", "Denoising steps; 0 takes the model's default (the load message says it).", 0, 0,
-               1000, 50, 0);
+
+    /* Advanced, folded. */
+    props = define_named(s, params, kOfxParamTypeGroup, ADVANCED_GROUP, 0, "Advanced",
+                         "Tiles, seed, what each render reads, memory and GPU.");
+    if (props) p->propSetInt(props, kOfxParamPropGroupOpen, 0, 0);
     define_int(s, params, PARAM_SEED, "Seed",
-               "Seed of the starting noise, which is locked to frame position: the same seed on a still shot gives "
-               "the same grain on every frame. -1 takes the model's default.",
-               -1, -1, 2147483647, 100000, 0);
+               "The starting grain. It is locked to the frame position, so a still shot keeps the same grain on "
+               "every frame (no flicker); another seed gives another take on the fine detail.",
+               (int)(model.default_seed > 2147483647u ? 2147483647u : model.default_seed), 0, 2147483647, 100000);
+    define_named(s, params, kOfxParamTypePushButton, NEW_SEED, 1, "New seed", "Picks a new random seed.");
     props = define_param(s, params, kOfxParamTypeBoolean, PARAM_SEED_PER_FRAME, "Seed per frame",
-                         "Adds the frame number to the seed, so every frame gets fresh noise.");
+                         "Adds the frame number to the seed, so every frame gets fresh grain.");
     if (props) {
         p->propSetInt(props, kOfxParamPropDefault, 0, 0);
         p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
     }
-    props = define_param(s, params, kOfxParamTypeDouble, PARAM_GUIDANCE, "Guidance",
-                         "Classifier-free guidance scale, 1 to 100 (above 1 doubles the transformer calls); 0 takes "
-                         "the model's default.");
-    if (props) {
-        p->propSetString(props, kOfxParamPropDoubleType, 0, kOfxParamDoubleTypePlain);
-        p->propSetDouble(props, kOfxParamPropDefault, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropMin, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropMax, 0, 100.0);
-        p->propSetDouble(props, kOfxParamPropDisplayMin, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropDisplayMax, 0, 10.0);
-        p->propSetDouble(props, kOfxParamPropIncrement, 0, 0.5);
-        p->propSetInt(props, kOfxParamPropDigits, 0, 2);
-        p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
-    }
-    define_choice(s, params, PARAM_GLOBAL_CONTEXT, "Global context",
-                  "What a render reads for the global prompt. Whole frame: every tile asks the host for the whole "
-                  "source frame, and tiles equal the full-frame render exactly. Region: a tile asks only for what "
-                  "its pixels need plus the context margin, which then stands in for the frame in the global prompt "
-                  "(less upstream work, results depend slightly on the host's tiling).",
-                  GLOBAL_CONTEXT_OPTIONS, COUNT(GLOBAL_CONTEXT_OPTIONS));
-    define_int(s, params, PARAM_CONTEXT_MARGIN, "Context margin",
-               "Pixels of surrounding frame (at full resolution; scaled with the render scale) a region reads beyond "
-               "what its tiles need: the global prompt's view in Region mode, and the neighbourhood sampled with the "
-               "region in Joint mode.",
-               DEFAULT_CONTEXT_MARGIN, 0, 65536, 512, 0);
     define_choice(s, params, PARAM_TILE_MODE, "Tile mode",
-                  "Frames larger than a tile: Independent samples each tile on its own and blends them (regions equal "
-                  "the full frame, memory per tile); Joint blends velocities every step (the official tiled sampler; "
-                  "the whole frame's latent in memory).",
+                  "Frames larger than a tile are restored in tiles. Independent: each tile on its own, blended with "
+                  "its neighbours (the host's own tiles equal the full frame; memory per tile). Joint: tiles agree "
+                  "at every step, for the most even texture (the whole frame in memory).",
                   TILE_MODE_OPTIONS, COUNT(TILE_MODE_OPTIONS));
-    define_int(s, params, PARAM_TILE_SIZE, "Tile size",
-               "Tile side in latent samples (each covers several pixels along a side), a multiple of the model's "
-               "patch size; 0 takes the model's. Smaller tiles need less memory. The load message gives the model's "
-               "tile in latent samples and pixels.",
-               0, 0, 4096, 256, 0);
-    define_int(s, params, PARAM_TILE_OVERLAP, "Tile overlap",
-               "Overlap of neighbouring tiles in latent samples, smaller than the tile; -1 takes the model's. Wider "
-               "overlaps hide seams at the cost of more tiles.",
-               -1, -1, 4096, 64, 0);
+    define_int(s, params, PARAM_TILE_SIZE, "Tile size (pixels)",
+               "The side of one tile, a multiple of the model's step (16 pixels for DPIR). Smaller tiles need less "
+               "memory but see less of the picture at once.",
+               (int)model.default_tile_pixels, (int)model.tile_step_pixels, (int)model.max_tile_pixels,
+               (int)model.max_tile_pixels);
+    define_int(s, params, PARAM_TILE_OVERLAP, "Tile overlap (pixels)",
+               "How far neighbouring tiles overlap, less than a tile. Wider overlaps hide seams and add a little "
+               "work.",
+               (int)model.default_overlap_pixels, 0, (int)model.max_tile_pixels, 256);
+    define_choice(s, params, PARAM_GLOBAL_CONTEXT, "Global context",
+                  "What a render reads to understand the whole picture. Whole frame: every tile sees the whole "
+                  "frame and equals the full-frame render. Region: a tile reads only what it needs plus the context "
+                  "margin (less upstream work; results depend slightly on the host's tiling).",
+                  GLOBAL_CONTEXT_OPTIONS, COUNT(GLOBAL_CONTEXT_OPTIONS));
+    define_int(s, params, PARAM_CONTEXT_MARGIN, "Context margin (pixels)",
+               "Surrounding frame (at full resolution) a region reads beyond what its tiles need: what stands for "
+               "the whole picture in Region mode, and the neighbourhood restored with the region in Joint mode.",
+               DEFAULT_CONTEXT_MARGIN, 0, 65536, 512);
     define_choice(s, params, PARAM_ENCODING, "Pixel encoding",
-                  "How the host's pixel values encode light. Auto: 8- and 16-bit integer pixels are sRGB-encoded, half "
-                  "and float pixels linear. The model works on sRGB-encoded values; dpir converts.",
+                  "How the host's pixel values encode light. Auto: 8- and 16-bit pixels are sRGB-encoded, half and "
+                  "float pixels linear. Choose sRGB for hosts whose float pixels are gamma-encoded.",
                   ENCODING_OPTIONS, COUNT(ENCODING_OPTIONS));
-    props = define_param(s, params, kOfxParamTypeDouble, PARAM_MAX_MEMORY, "Memory limit (GiB)",
-                         "The most memory a render may take, in GiB (the GPU's memory on CUDA and TensorRT): the "
-                         "model's parts take turns in memory and tiles get smaller to fit, or the render fails "
-                         "saying how much it needs. 0: no limit.");
+    define_double(s, params, PARAM_MAX_MEMORY, "Memory limit (GiB)",
+                  "The most memory a render may take (the graphics card's on a GPU): the model's parts take turns "
+                  "in memory and tiles get smaller to fit, or the render says how much it needs. 0: no limit.",
+                  0.0, 0.0, 4096.0, 80.0, 1);
+    define_int(s, params, PARAM_DEVICE, "GPU", "Which NVIDIA card runs the model (0 is the first).", 0, 0, 255, 8);
+
+    /* One page holding everything, for hosts that lay parameters out in pages. */
+    props = define_named(s, params, kOfxParamTypePage, MAIN_PAGE, 0, "DPIR Restore", "DPIR Restore's settings.");
     if (props) {
-        p->propSetString(props, kOfxParamPropDoubleType, 0, kOfxParamDoubleTypePlain);
-        p->propSetDouble(props, kOfxParamPropDefault, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropMin, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropMax, 0, 4096.0);
-        p->propSetDouble(props, kOfxParamPropDisplayMin, 0, 0.0);
-        p->propSetDouble(props, kOfxParamPropDisplayMax, 0, 80.0);
-        p->propSetDouble(props, kOfxParamPropIncrement, 0, 0.5);
-        p->propSetInt(props, kOfxParamPropDigits, 0, 1);
-        p->propSetInt(props, kOfxParamPropAnimates, 0, 0);
+        int n = 0;
+        for (int i = 0; i < FIRST_ADVANCED; i++) p->propSetString(props, kOfxParamPropPageChild, n++, PARAM_NAMES[i]);
+        p->propSetString(props, kOfxParamPropPageChild, n++, ADVANCED_GROUP);
     }
+    return kOfxStatOK;
+}
+
+/* A parameter the user changed: a new model brings its own values (or a message saying why it cannot be used);
+ * New seed draws one. Values other changes set (project loading, the plug-in itself) are left alone. */
+static OfxStatus instance_changed(const struct suites *s, OfxImageEffectHandle effect, OfxPropertySetHandle in_args) {
+    struct instance *in = instance_of(s, effect);
+    char *name = NULL, *reason = NULL;
+    if (!in || s->property->propGetString(in_args, kOfxPropName, 0, &name) != kOfxStatOK ||
+        s->property->propGetString(in_args, kOfxPropChangeReason, 0, &reason) != kOfxStatOK)
+        return kOfxStatReplyDefault;
+    if (strcmp(reason, kOfxChangeUserEdited) != 0) return kOfxStatReplyDefault;
+    OfxParamSetHandle params;
+    if (s->effect->getParamSet(effect, &params) != kOfxStatOK) return kOfxStatErrBadHandle;
+    const OfxParameterSuiteV1 *ps = s->parameter;
+
+    if (strcmp(name, NEW_SEED) == 0 && in->params[PARAM_SEED]) {
+        static _Atomic uint64_t draws;
+        uint64_t mixed = ((uint64_t)time(NULL) << 20) ^ (uint64_t)clock() ^ (++draws * 0x9E3779B97F4A7C15u);
+        mixed ^= mixed >> 31;
+        ps->paramSetValue(in->params[PARAM_SEED], (int)(mixed % 2147483647u));
+        return kOfxStatOK;
+    }
+    if (strcmp(name, PARAM_NAMES[PARAM_MODEL]) != 0 || !in->params[PARAM_MODEL]) return kOfxStatReplyDefault;
+
+    char *chosen = NULL, path[4096], error[MESSAGE_SIZE];
+    ps->paramGetValue(in->params[PARAM_MODEL], &chosen);
+    if (!find_model(chosen, path, sizeof path, error, sizeof error)) {
+        report_error(s, effect, error);
+        return kOfxStatOK;
+    }
+    clear_error(s, effect);
+    dpir_bundle *bundle = NULL;
+    dpir_bundle_info model;
+    if (dpir_bundle_open(path, &bundle) != DPIR_STATUS_OK) return kOfxStatOK;
+    dpir_bundle_get_info(bundle, &model, sizeof model);
+    dpir_bundle_free(bundle);
+    ps->paramEditBegin(params, "DPIR Restore: the model's values");
+    if (in->params[PARAM_STEPS]) ps->paramSetValue(in->params[PARAM_STEPS], (int)model.default_steps);
+    if (in->params[PARAM_GUIDANCE]) ps->paramSetValue(in->params[PARAM_GUIDANCE], (double)model.default_guidance);
+    if (in->params[PARAM_SEED])
+        ps->paramSetValue(in->params[PARAM_SEED],
+                          (int)(model.default_seed > 2147483647u ? 2147483647u : model.default_seed));
+    if (in->params[PARAM_TILE_SIZE]) ps->paramSetValue(in->params[PARAM_TILE_SIZE], (int)model.default_tile_pixels);
+    if (in->params[PARAM_TILE_OVERLAP])
+        ps->paramSetValue(in->params[PARAM_TILE_OVERLAP], (int)model.default_overlap_pixels);
+    ps->paramEditEnd(params);
     return kOfxStatOK;
 }
 
@@ -894,7 +998,7 @@ static OfxStatus regions_of_interest(const struct suites *s, OfxImageEffectHandl
         struct model *m = model_acquire(s, effect, st.model, st.provider, st.device, st.memory_budget, error, sizeof error);
         if (m) {
             dpir_restore_options options;
-            restore_options(&st, m->restorer, t, scale, &options);
+            restore_options(&st, m, t, scale, &options);
             dpir_rect rect = to_dpir(wanted, frame), needed;
             if (dpir_region_of_interest(m->restorer, (uint32_t)(frame.x2 - frame.x1), (uint32_t)(frame.y2 - frame.y1),
                                         &rect, &options, &needed) == DPIR_STATUS_OK) {
@@ -1009,7 +1113,7 @@ static OfxStatus render(const struct suites *s, OfxImageEffectHandle effect, Ofx
     call.cancel = cancel;
 
     dpir_restore_options options;
-    restore_options(&st, m->restorer, t, scale, &options);
+    restore_options(&st, m, t, scale, &options);
     options.progress = on_progress;
     options.progress_user_data = &call;
     options.cancel = cancel;
@@ -1097,6 +1201,8 @@ static OfxStatus main_entry(const char *action, const void *handle, OfxPropertyS
     if (strcmp(action, kOfxImageEffectActionDescribeInContext) == 0) return describe_in_context(s, effect);
     if (strcmp(action, kOfxActionCreateInstance) == 0) return create_instance(s, effect);
     if (strcmp(action, kOfxActionDestroyInstance) == 0) return destroy_instance(s, effect);
+    if (strcmp(action, kOfxActionInstanceChanged) == 0)
+        return in_args ? instance_changed(s, effect, in_args) : kOfxStatErrValue;
     if (strcmp(action, kOfxImageEffectActionGetRegionsOfInterest) == 0)
         return in_args && out_args ? regions_of_interest(s, effect, in_args, out_args) : kOfxStatErrValue;
     if (strcmp(action, kOfxImageEffectActionRender) == 0)

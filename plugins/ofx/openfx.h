@@ -276,6 +276,9 @@ typedef struct OfxParameterSuiteV1 {
 #define kOfxParamTypeBoolean "OfxParamTypeBoolean"
 #define kOfxParamTypeChoice "OfxParamTypeChoice"
 #define kOfxParamTypeString "OfxParamTypeString"
+#define kOfxParamTypeGroup "OfxParamTypeGroup"
+#define kOfxParamTypePage "OfxParamTypePage"
+#define kOfxParamTypePushButton "OfxParamTypePushButton"
 
 /* Parameter properties. */
 #define kOfxParamPropDefault "OfxParamPropDefault"
@@ -295,6 +298,16 @@ typedef struct OfxParameterSuiteV1 {
 #define kOfxParamStringIsSingleLine "OfxParamStringIsSingleLine"
 #define kOfxParamStringIsDirectoryPath "OfxParamStringIsDirectoryPath"
 #define kOfxParamPropStringFilePathExists "OfxParamPropStringFilePathExists"
+#define kOfxParamPropParent "OfxParamPropParent"
+#define kOfxParamPropGroupOpen "OfxParamPropGroupOpen"
+#define kOfxParamPropPageChild "OfxParamPropPageChild"
+
+/* Parameter changes (kOfxActionInstanceChanged's arguments). */
+#define kOfxActionInstanceChanged "OfxActionInstanceChanged"
+#define kOfxPropChangeReason "OfxPropChangeReason"
+#define kOfxChangeUserEdited "OfxChangeUserEdited"
+#define kOfxChangePluginEdited "OfxChangePluginEdited"
+#define kOfxChangeTime "OfxChangeTime"
 
 /* ---- ofxMemory ---- */
 

@@ -25,11 +25,14 @@
  *   edited    the source changes upstream between two renders of the same frame (same time, scale, parameters):
  *             the second must equal what a fresh instance renders from the changed source (a plug-in that keeps
  *             per-frame state must notice the change).
+ *   changed   the PARAM=VALUE arguments are applied one by one as a user's edits, each followed by
+ *             kOfxActionInstanceChanged (a push button's name alone presses it); then every value is printed.
  *
  * The OpenFX declarations are the project's (plugins/ofx/openfx.h, shared with the plug-in); melt, built with the
  * standard's own headers, cross-checks them in tests/ofx/melt.sh.
  *
- * PARAM=VALUE sets the instance's parameters (choices by label or index). Exit status 0 when the check passes.
+ * PARAM=VALUE sets the instance's parameters (choices by label or index) before it is created; for `changed`,
+ * after. Exit status 0 when the check passes.
  * Options: --frame WxH (canonical size, default 150x110), --tiles WxH[,WxH...] (default 64x48,37x53),
  * --scales S[,S...] (default 1,0.5), --threads N (tiles rendered at once, default 2), --tolerance T (default
  * 1e-4), --report-only, --serve-whole (serve the whole frame whatever the RoI, like MLT and Resolve),
@@ -281,6 +284,10 @@ static const char *get_str(struct propset *ps, const char *name, int index) {
 static int get_int(struct propset *ps, const char *name, int fallback) {
     int v;
     return prop_get_int((OfxPropertySetHandle)ps, name, 0, &v) == kOfxStatOK ? v : fallback;
+}
+static double get_dbl(struct propset *ps, const char *name, double fallback) {
+    double v;
+    return prop_get_double((OfxPropertySetHandle)ps, name, 0, &v) == kOfxStatOK ? v : fallback;
 }
 static int dimension(struct propset *ps, const char *name) {
     int n = 0;
@@ -872,8 +879,24 @@ static OfxStatus param_unsupported_tt(OfxParamHandle h, OfxTime t1, OfxTime t2, 
     return kOfxStatErrUnsupported;
 }
 static OfxStatus param_set_value(OfxParamHandle h, ...) {
-    (void)h;
-    return kOfxStatErrUnsupported; /* the host owns the values in this test */
+    struct param *p = as_param(h);
+    if (!p) return kOfxStatErrBadHandle;
+    va_list ap;
+    va_start(ap, h);
+    if (param_is_int(p)) {
+        p->ivalue = va_arg(ap, int);
+    } else if (!strcmp(p->type, kOfxParamTypeDouble)) {
+        p->dvalue = va_arg(ap, double);
+    } else if (!strcmp(p->type, kOfxParamTypeString)) {
+        const char *v = va_arg(ap, const char *);
+        free(p->svalue);
+        p->svalue = xstrdup(v ? v : "");
+    } else {
+        va_end(ap);
+        return kOfxStatErrUnsupported;
+    }
+    va_end(ap);
+    return kOfxStatOK;
 }
 static OfxStatus param_num_keys(OfxParamHandle h, unsigned int *n) {
     if (!as_param(h) || !n) return kOfxStatErrBadHandle;
@@ -1372,10 +1395,57 @@ static void check_describe(struct plugin *pl) {
     }
     for (int k = 0; k < pl->context->nparams; k++) {
         struct param *p = pl->context->params[k];
-        const char *plabel = get_str(p->props, kOfxPropLabel, 0);
-        printf("  param %-16s %-20s \"%s\"\n", p->name, p->type + strlen("OfxParamType"), plabel ? plabel : "");
+        const char *plabel = get_str(p->props, kOfxPropLabel, 0), *parent = get_str(p->props, kOfxParamPropParent, 0);
+        char values[160] = "";
+        if (!strcmp(p->type, kOfxParamTypeInteger) || !strcmp(p->type, kOfxParamTypeBoolean))
+            snprintf(values, sizeof values, "default %d, %d..%d", get_int(p->props, kOfxParamPropDefault, 0),
+                     get_int(p->props, kOfxParamPropMin, 0), get_int(p->props, kOfxParamPropMax, 1));
+        else if (!strcmp(p->type, kOfxParamTypeDouble))
+            snprintf(values, sizeof values, "default %g, %g..%g", get_dbl(p->props, kOfxParamPropDefault, 0),
+                     get_dbl(p->props, kOfxParamPropMin, 0), get_dbl(p->props, kOfxParamPropMax, 0));
+        else if (!strcmp(p->type, kOfxParamTypeChoice))
+            snprintf(values, sizeof values, "default %s",
+                     get_str(p->props, kOfxParamPropChoiceOption, get_int(p->props, kOfxParamPropDefault, 0)));
+        else if (!strcmp(p->type, kOfxParamTypeString))
+            snprintf(values, sizeof values, "default \"%s\"", get_str(p->props, kOfxParamPropDefault, 0));
+        printf("  param %-16s %-11s %-26s %s%s%s\n", p->name, p->type + strlen("OfxParamType"), plabel ? plabel : "",
+               values, parent ? " in " : "", parent ? parent : "");
         if (!get_str(p->props, kOfxParamPropHint, 0)) FAIL("parameter %s has no hint", p->name);
+        if (parent && !param_find(pl->context, parent)) FAIL("parameter %s is in %s, which is not defined", p->name, parent);
     }
+}
+
+/* Applies each PARAM=VALUE to an instance as a user's edit (kOfxActionInstanceChanged after each; a push button
+ * takes no value), then prints every value: what a host shows after the plug-in reacted. */
+static void check_changes(struct plugin *pl, const struct options *o, char **changes, int nchanges) {
+    struct effect *e = create_instance(pl, o->format, o->canonical_w, o->canonical_h, NULL, 0);
+    for (int k = 0; k < nchanges; k++) {
+        char *eq = strchr(changes[k], '=');
+        if (eq) *eq = '\0';
+        struct param *p = param_find(e, changes[k]);
+        if (!p) die("the plug-in has no parameter %s", changes[k]);
+        if (eq) param_set_text(p, eq + 1);
+        struct propset *in = props_new();
+        set_str(in, kOfxPropType, kOfxTypeParameter);
+        set_str(in, kOfxPropName, p->name);
+        set_str(in, kOfxPropChangeReason, kOfxChangeUserEdited);
+        set_dbl(in, kOfxPropTime, 0);
+        double scale[2] = {1, 1};
+        prop_set_double_n((OfxPropertySetHandle)in, kOfxImageEffectPropRenderScale, 2, scale);
+        OfxStatus st = call(pl, kOfxActionInstanceChanged, e, in, NULL);
+        props_free(in);
+        if (!status_ok(st)) FAIL("InstanceChanged(%s) returned %d", p->name, st);
+        printf("changed %s%s%s\n", p->name, eq ? " to " : "", eq ? eq + 1 : "");
+        if (eq) *eq = '=';
+    }
+    for (int k = 0; k < e->nparams; k++) {
+        struct param *p = e->params[k];
+        if (!strcmp(p->type, kOfxParamTypeString)) printf("  %s = %s\n", p->name, p->svalue);
+        else if (!strcmp(p->type, kOfxParamTypeDouble)) printf("  %s = %g\n", p->name, p->dvalue);
+        else if (param_is_int(p)) printf("  %s = %d\n", p->name, p->ivalue);
+    }
+    printf("  %d error messages\n", error_messages);
+    destroy_instance(pl, e);
 }
 
 struct tile_job {
@@ -1704,6 +1774,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(check, "still")) check_frames(&pl, &o, settings, nsettings, 1);
     else if (!strcmp(check, "varying")) check_frames(&pl, &o, settings, nsettings, 0);
     else if (!strcmp(check, "edited")) check_edited(&pl, &o, settings, nsettings);
+    else if (!strcmp(check, "changed")) check_changes(&pl, &o, settings, nsettings);
     else die("unknown check %s", check);
 
     OfxStatus st = call(&pl, kOfxActionUnload, NULL, NULL, NULL);

@@ -58,6 +58,15 @@ png="f=image2 vcodec=png pix_fmt=rgb24 mlt_image_format=rgb"
 echo "-- melt -query filters lists openfx.org.dpir.Restore (OFX_PLUGIN_PATH)"
 in_chroot melt -query filters 2>/dev/null | grep -q -- "- openfx.org.dpir.Restore$"
 
+echo "-- MLT's description of the filter (what Kdenlive builds its panel from): labels, the default model's values"
+in_chroot env DPIR_MODEL="$at/tiny" melt -query filter=openfx.org.dpir.Restore >"$scratch/query.yml" 2>/dev/null
+$py tests/ofx/metadata.py "$scratch/query.yml" model=string:default:Model steps=integer:28:"Quality (steps)" \
+    guidance=float:1:"Prompt strength" provider=string:Auto:"Run on" seed=integer:1234:Seed \
+    tile_size=integer:1024:"Tile size (pixels)" tile_overlap=integer:128:"Tile overlap (pixels)"
+in_chroot env DPIR_MODEL="$at/oracle" melt -query filter=openfx.org.dpir.Restore >"$scratch/query.yml" 2>/dev/null
+$py tests/ofx/metadata.py "$scratch/query.yml" tile_size=integer:256:"Tile size (pixels)" \
+    tile_overlap=integer:32:"Tile overlap (pixels)"
+
 echo "-- one frame, oracle bundle, 8-bit"
 render "$scratch/frame.log" "abnormal:$at/a.png" in=0 out=0 $filter model="$at/oracle" steps=2 \
     -consumer "avformat:$at/frame.png" $png
@@ -92,6 +101,6 @@ $py tests/ofx/images.py differs "$scratch/tiny.png" "$scratch/a.png"
 echo "-- a missing model: melt exits 0, the error is logged, the frame is black"
 render "$scratch/missing.log" "abnormal:$at/a.png" in=0 out=0 $filter model="$at/no-such-bundle" \
     -consumer "avformat:$at/missing.png" $png
-grep "DPIR Restore: cannot load the model" "$scratch/missing.log" | head -n 1 | sed 's/^.*msg=/logged: /'
+grep "DPIR Restore: this model cannot be used" "$scratch/missing.log" | head -n 1 | sed 's/^.*msg=/logged: /'
 $py tests/ofx/images.py black "$scratch/missing.png"
 echo "melt: passed"

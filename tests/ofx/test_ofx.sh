@@ -24,11 +24,42 @@ cc -std=c11 -O1 -g -Wall -Wextra -Werror tests/ofx/host.c -o "$out/ofx_host" -ld
 cc -std=c11 -O1 -g -fsanitize=address -fno-omit-frame-pointer -Wall -Wextra -Werror tests/ofx/host.c \
     -o "$out/asan/ofx_host" -ldl -lm -pthread
 host() { "$out/ofx_host" "$@"; }
-# tiny: tiles of 8 latents (64 px) overlapping by 2, so small frames hold several of dpir's tiles
-small_tiles="tile_size=8 tile_overlap=2"
+# tiny: tiles of 64 pixels (8 latent samples) overlapping by 16, so small frames hold several of dpir's tiles
+small_tiles="tile_size=64 tile_overlap=16"
 
-echo "-- conformance host: what the plug-in declares"
-host "$bundle" $id describe
+echo "-- conformance host: what the plug-in declares; the values start at the default model's own (DPIR_MODEL)"
+described=$(DPIR_MODEL=tests/fixtures/bundles/tiny host "$bundle" $id describe)
+echo "$described"
+expect_param() { # DESCRIBE-OUTPUT NAME TEXT: the parameter's line holds TEXT
+    grep -q "^  param $2 .*$3" <<<"$1" || { echo "FAILED: parameter $2 is not declared with: $3"; exit 1; }
+}
+expect_param "$described" model 'String .*default "default"'
+expect_param "$described" steps 'Quality (steps) *default 28, 1\.\.1000$'
+expect_param "$described" guidance 'Prompt strength *default 1, 1\.\.100$'
+expect_param "$described" provider 'Run on *default Auto$'
+expect_param "$described" seed 'default 1234, 0\.\.2147483647 in advanced$'
+expect_param "$described" tile_size 'Tile size (pixels) *default 1024, 16\.\.1024 in advanced$'
+expect_param "$described" tile_overlap 'Tile overlap (pixels) *default 128, 0\.\.1024 in advanced$'
+expect_param "$described" advanced 'Group'
+oracle_described=$(DPIR_MODEL=tests/fixtures/bundles/oracle host "$bundle" $id describe)
+expect_param "$oracle_described" tile_size 'default 256, 4\.\.16384 in advanced$'
+expect_param "$oracle_described" tile_overlap 'default 32, 0\.\.16384 in advanced$'
+echo "the default model's values: tiny 28 steps, guidance 1, seed 1234, tiles of 1024 pixels overlapping by 128;"
+echo "oracle (2 pixels per latent sample) tiles of 256 pixels overlapping by 32; all but the basics under Advanced"
+
+echo "-- conformance host: a new model brings its values; New seed draws one; a folder of models is named"
+changed=$(DPIR_MODEL=tests/fixtures/bundles/tiny host "$bundle" $id changed model=tests/fixtures/bundles/oracle/dpir.json \
+    new_seed 2>&1)
+echo "$changed"
+for value in "steps = 28" "guidance = 1" "tile_size = 256" "tile_overlap = 32" "0 error messages"; do
+    grep -qxF "  $value" <<<"$changed" || { echo "FAILED: after choosing the oracle model, not $value"; exit 1; }
+done
+! grep -qxF "  seed = 1234" <<<"$changed" || { echo "FAILED: New seed kept the seed"; exit 1; }
+refused=$(DPIR_MODEL=tests/fixtures/bundles/tiny host "$bundle" $id changed model=tests/fixtures/bundles 2>&1)
+grep -qF "did you mean one of its folders broken_black, broken_nan, oracle, tiny?" <<<"$refused" &&
+    grep -qxF "  tile_size = 1024" <<<"$refused" ||
+    { echo "$refused"; echo "FAILED: a folder of models was not refused with their names"; exit 1; }
+echo "a folder holding models is refused with a message naming them, the values left as they were"
 
 echo "-- tiles equal the full frame (tiny bundle, independent mode, whole-frame global context; each tile served"
 echo "   exactly its RoI, outputs NaN-poisoned, rowBytes of both signs, render scales 1 and 0.5, two threads)"
@@ -59,7 +90,7 @@ host --serve-whole --frame 192x144 --tiles 80x56 --scales 1 "$bundle" $id tiles 
 echo "-- every pixel format returns its input through the oracle bundle, in tiles (whole frame; Region with crops)"
 host --frame 97x75 "$bundle" $id identity $oracle steps=1
 host --frame 160x120 --scales 1 "$bundle" $id identity $oracle steps=1 global_context=Region context_margin=0 \
-    tile_size=16 tile_overlap=4 | tail -n 3
+    tile_size=32 tile_overlap=8 | tail -n 3
 
 echo "-- a still source does not flicker from frame to frame; with a seed per frame it does change"
 host "$bundle" $id still $tiny steps=2
