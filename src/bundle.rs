@@ -725,6 +725,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bundle_is_named_by_its_folder_or_its_manifest_and_read_in_pixels() {
+        let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles");
+        let tiny = bundles.join("tiny");
+        for named in [tiny.clone(), tiny.join(MANIFEST_FILE)] {
+            let info = BundleInfo::find(Some(&named)).unwrap();
+            assert_eq!((info.dir.as_path(), info.source), (tiny.as_path(), ModelSource::Named));
+            // tiny: 8 pixels per latent sample, tiles of 128 latent samples overlapping by 16.
+            assert_eq!((info.default_tile_pixels(), info.default_overlap_pixels()), (1024, 128));
+        }
+        let message = BundleInfo::find(Some(&bundles)).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                "it has no dpir.json; did you mean one of its folders broken_black, broken_nan, oracle, tiny?"
+            ),
+            "{message}"
+        );
+        let above_one = tempfile::tempdir().unwrap();
+        std::fs::create_dir(above_one.path().join("tiny")).unwrap();
+        std::fs::copy(tiny.join(MANIFEST_FILE), above_one.path().join("tiny").join(MANIFEST_FILE)).unwrap();
+        let message = BundleInfo::find(Some(above_one.path())).unwrap_err().to_string();
+        assert!(message.ends_with(&format!("did you mean {}?", above_one.path().join("tiny").display())), "{message}");
+    }
+
+    #[test]
     fn provenance_is_optional_and_open_to_new_fields() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundles/tiny");
         let mut json: serde_json::Value =
