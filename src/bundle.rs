@@ -392,7 +392,12 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         if !dir.is_dir() {
-            return Err(Error::bundle(dir, "not a directory (a model bundle is a directory holding dpir.json)"));
+            let why = if dir.exists() {
+                "not a directory (a model bundle is a directory holding dpir.json)"
+            } else {
+                "no such folder"
+            };
+            return Err(Error::bundle(dir, why));
         }
         if !path.is_file() {
             let hint = match bundles_inside(dir).as_slice() {

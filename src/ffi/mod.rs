@@ -17,9 +17,11 @@
 mod options;
 mod pixels;
 mod restorer;
-// Last, so that their declarations come after the older ones in dpir.h.
-mod bundle;
+// The newer ones last, in the order they came, so that their declarations follow the older ones in dpir.h (blank
+// lines keep rustfmt from sorting them).
 mod frame;
+
+mod bundle;
 
 use std::any::Any;
 use std::cell::RefCell;
