@@ -78,6 +78,7 @@ struct Free {
     void operator()(dpir_image *p) const noexcept { dpir_image_free(p); }
     void operator()(dpir_cancel *p) const noexcept { dpir_cancel_free(p); }
     void operator()(dpir_frame *p) const noexcept { dpir_frame_free(p); }
+    void operator()(dpir_bundle *p) const noexcept { dpir_bundle_free(p); }
 };
 }  // namespace detail
 
@@ -215,6 +216,27 @@ inline void write_image(const dpir_pixels &pixels, const std::string &path) {
 }
 
 /** A loaded model bundle. Thread-safe: several threads may restore with one Restorer at once. */
+/** A model bundle's manifest, read without loading it: which model a path (or, when empty, dpir's default) names,
+ *  and the values it restores with, tile sizes in pixels. Cheap: for dialogs and parameter pages. */
+class Bundle {
+public:
+    explicit Bundle(const std::string &path = std::string()) {
+        dpir_bundle *handle = nullptr;
+        check(dpir_bundle_open(path.empty() ? nullptr : path.c_str(), &handle));
+        handle_.reset(handle);
+    }
+
+    /** What the bundle is (strings live as long as the Bundle). */
+    dpir_bundle_info info() const {
+        dpir_bundle_info info;
+        check(dpir_bundle_get_info(handle_.get(), &info, sizeof info));
+        return info;
+    }
+
+private:
+    std::unique_ptr<dpir_bundle, detail::Free> handle_;
+};
+
 class Restorer {
 public:
     explicit Restorer(const std::string &bundle, const LoadOptions &options = LoadOptions()) {

@@ -46,6 +46,9 @@ int main(int argc, char **argv) {
     CHECK(dpir::default_model_dir() == "/some/model");
     unsetenv("DPIR_MODEL");
     expect_error(DPIR_STATUS_BUNDLE, [&] { dpir::Restorer missing(scratch + "/no such bundle"); }, __LINE__);
+    expect_error(DPIR_STATUS_BUNDLE, [&] { dpir::Bundle missing(scratch + "/no such bundle"); }, __LINE__);
+    const dpir::Bundle tiny(bundles + "/tiny/dpir.json");
+    CHECK(std::string(tiny.info().path) == bundles + "/tiny" && tiny.info().default_tile_pixels == 1024);
     expect_error(DPIR_STATUS_IO, [&] { dpir::Image::read(scratch + "/missing.png"); }, __LINE__);
     expect_error(DPIR_STATUS_INVALID_IMAGE, [] { dpir::Image blank(4, 4, 2, DPIR_SAMPLE_TYPE_U8); }, __LINE__);
     // Absurd sizes are refused before any arithmetic on them (UBSan watches this test for overflow).
