@@ -116,13 +116,24 @@ read_model (Dialog *d)
   gchar   *text;
   gboolean new_model = FALSE;
 
+  gchar   *last = NULL;
+  gchar   *gone = NULL;
+
+  /* A folder chosen before that has since gone: GIMP forgets it, the dialog names it. */
+  g_object_get (d->config, "last-model", &last, NULL);
+  if (path != NULL)
+    g_object_set (d->config, "last-model", path, NULL);
+  else if (last != NULL && *last != '\0' && ! g_file_test (last, G_FILE_TEST_EXISTS))
+    gone = g_markup_printf_escaped ("The model folder chosen last, %s, no longer exists. ", last);
+
   g_clear_pointer (&d->bundle, dpir_bundle_free);
   d->model_ok = FALSE;
   if (path != NULL && ! g_file_test (path, G_FILE_TEST_EXISTS))
     text = g_markup_printf_escaped ("<b>No model to run:</b> the model folder %s no longer exists. Choose "
                                     "another, or use the default model.", path);
   else if (dpir_bundle_open (path, &d->bundle) != DPIR_STATUS_OK)
-    text = g_markup_printf_escaped ("<b>No model to run:</b> %s", dpir_last_error_message ());
+    text = g_markup_printf_escaped ("<b>No model to run:</b> %s%s", gone != NULL ? gone : "",
+                                    dpir_last_error_message ());
   else
     {
       dpir_bundle_get_info (d->bundle, &d->model, sizeof d->model);
@@ -130,9 +141,11 @@ read_model (Dialog *d)
       new_model   = d->model_path != NULL ? g_strcmp0 (d->model_path, d->model.path) != 0 : d->values_unset;
       g_free (d->model_path);
       d->model_path = g_strdup (d->model.path);
-      text = g_markup_printf_escaped ("<b>%s</b>, %s\n<small>%s</small>", d->model.model_name,
-                                      FROM[MIN (d->model.source, 2)], d->model.path);
+      text = g_markup_printf_escaped ("%s<b>%s</b>, %s\n<small>%s</small>", gone != NULL ? gone : "",
+                                      d->model.model_name, FROM[MIN (d->model.source, 2)], d->model.path);
     }
+  g_free (gone);
+  g_free (last);
   if (! d->model_ok && d->model_path == NULL)
     d->values_unset = TRUE; /* the widgets then show their lowest values, not the model's */
   gtk_label_set_markup (GTK_LABEL (d->model_label), text);
@@ -181,7 +194,7 @@ static void
 use_default_model (GtkButton *button,
                    Dialog    *d)
 {
-  g_object_set (d->config, "model", NULL, NULL);
+  g_object_set (d->config, "model", NULL, "last-model", "", NULL);
 }
 
 static void

@@ -224,6 +224,10 @@ restore_plug_in_create_procedure (GimpPlugIn  *plug_in,
                                       "GPU): the plug-in then loads the model in parts and restores in smaller "
                                       "tiles, or says how much it needs. 0: no limit",
                                       0.0, 4096.0, 0.0, G_PARAM_READWRITE);
+  /* The model folder chosen last, as text: GIMP forgets a remembered folder that no longer exists, and the
+   * dialog then still names it. */
+  gimp_procedure_add_string_aux_argument (procedure, "last-model", "Last model folder",
+                                          "The model folder chosen in the dialog last time", "", G_PARAM_READWRITE);
 
   return procedure;
 }

@@ -111,6 +111,14 @@ press Escape # Cancel
 wait_closed "DPIR Restore"
 echo "  ok  OK does nothing while the folder holds no dpir.json (the dialog names the models inside it)"
 
+# A folder chosen last time that has since gone: GIMP drops it; the dialog names it above the default model that
+# runs instead (the screenshot shows it; no assertion reads the dialog's text).
+remember "(model \"file://$in/deleted-model\")" "(last-model \"$in/deleted-model\")"
+open_dialog
+shot deleted-model
+press Escape # Cancel
+wait_closed "DPIR Restore"
+
 echo "== GIMP dialog: cancelled from the progress bar, quietly"
 remember "(model \"file://$in/bundles/tiny\")" "(steps 1000)" "(tile-size 128)" "(tile-overlap 32)"
 open_dialog
