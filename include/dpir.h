@@ -407,6 +407,35 @@ typedef uint32_t dpir_tile_mode;
 #endif // __cplusplus
 
 /**
+ * How a bundle was found (the `source` field of `dpir_bundle_info`).
+ */
+enum dpir_model_source
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * The path given to `dpir_bundle_open()`.
+     */
+    DPIR_MODEL_SOURCE_NAMED = 0,
+    /**
+     * The `DPIR_MODEL` environment variable.
+     */
+    DPIR_MODEL_SOURCE_ENVIRONMENT = 1,
+    /**
+     * The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`).
+     */
+    DPIR_MODEL_SOURCE_DEFAULT_PLACE = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum dpir_model_source dpir_model_source;
+#else
+typedef uint32_t dpir_model_source;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A model bundle whose manifest has been read and checked, without ONNX Runtime or any graph: cheap to open
  * whenever a dialog's model changes. Free it with `dpir_bundle_free()`.
  */

@@ -182,8 +182,6 @@ static void test_bundles(void) {
                  "it has no dpir.json; did you mean one of its folders broken_black, broken_nan, oracle, tiny?") != NULL);
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_open(tiny, NULL));
     dpir_bundle_free(NULL);
-    free(manifest);
-    free(tiny);
     printf("bundles: read without ONNX Runtime, defaults in pixels, dpir.json resolves to its folder\n");
 }
 
