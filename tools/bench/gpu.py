@@ -227,6 +227,9 @@ def main():
     ap.add_argument("--opset", type=int, nargs="+", choices=[18, 23], default=[18, 23],
                     help="convert and time a bundle of each of these opsets")
     ap.add_argument("--tiled-size", type=int, default=2048, help="also time one tiled restore of this size (0: no)")
+    ap.add_argument("--preview-size", type=int, default=208,
+                    help="also time a restore of this size at --steps: the GIMP dialog's preview, about 200 pixels "
+                         "padded to the model's multiple (0: no)")
     ap.add_argument("--check-size", type=int, default=256,
                     help="compare EP and CPU restores of this size, 4 steps (0: no)")
     ap.add_argument("--bundle", type=Path, help="time this fp16 bundle of --models instead")
@@ -269,6 +272,8 @@ def main():
     last = bundles[-1]
     if args.tiled_size:
         report[f"rust_{last.name}_tiled"] = bench(args, last, env, args.tiled_size, 1, args.steps)
+    if args.preview_size:
+        report[f"rust_{last.name}_preview"] = bench(args, last, env, args.preview_size, args.runs, args.steps)
     if args.check_size:
         small, small_noise = WORK / f"gpu-input-{args.check_size}.npy", WORK / f"gpu-noise-{args.check_size}.npy"
         np.save(small, test_image(args.check_size, args.check_size))

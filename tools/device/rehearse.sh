@@ -66,6 +66,7 @@ versus = [v["vs_pytorch"]["max_abs"] for k, v in report.items() if k.startswith(
 assert len(versus) == 2, f"expected a bundle per opset, found {len(versus)}"
 assert max(versus) < 0.05, f"Rust fp16 and PyTorch bf16 differ by {max(versus)}"
 tiled = report["rust_bundle-fp16-opset23_tiled"]
+assert report["rust_bundle-fp16-opset23_preview"]["tiles"] == 1, "the preview restore is one tile"
 assert tiled["tiles"] > 1, f"the tiled restore ran in {tiled['tiles']} tile"
 check = report["rust_ep_vs_cpu"]["max_abs"]
 assert check == 0.0, f"two CPU restores from the same noise differ by {check}"
