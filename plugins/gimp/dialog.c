@@ -124,7 +124,7 @@ read_model (Dialog *d)
   if (path != NULL)
     g_object_set (d->config, "last-model", path, NULL);
   else if (last != NULL && *last != '\0' && ! g_file_test (last, G_FILE_TEST_EXISTS))
-    gone = g_markup_printf_escaped ("The model folder chosen last, %s, no longer exists. ", last);
+    gone = g_markup_printf_escaped ("The model folder chosen last, %s, no longer exists.\n", last);
 
   g_clear_pointer (&d->bundle, dpir_bundle_free);
   d->model_ok = FALSE;
