@@ -798,32 +798,33 @@ restore_rect (const dpir_restorer        *restorer,
   return status;
 }
 
-/* Shows one progress report in GIMP's progress bar; FALSE when GIMP no longer takes progress (the run should
- * stop). */
+/* Shows one progress report in GIMP's progress bar, naming where the model runs (`data`); FALSE when GIMP no longer
+ * takes progress (the run should stop). */
 static gboolean
 show_in_gimp (const dpir_progress *progress,
               gpointer             data)
 {
-  guint32  tiles = MAX (progress->tiles, 1);
-  guint32  tile  = CLAMP (progress->tile, 1, tiles);
-  gchar   *where;
-  gboolean ok;
+  const gchar *provider = data;
+  guint32      tiles    = MAX (progress->tiles, 1);
+  guint32      tile     = CLAMP (progress->tile, 1, tiles);
+  gchar       *where;
+  gboolean     ok;
 
   where = tiles > 1 ? g_strdup_printf (", tile %u of %u", tile, tiles) : g_strdup ("");
   switch (progress->stage)
     {
     case DPIR_STAGE_ENCODE:
-      ok = gimp_progress_set_text_printf ("DPIR: encoding%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR on %s: encoding%s", provider, where);
       break;
     case DPIR_STAGE_PROMPT:
-      ok = gimp_progress_set_text_printf ("DPIR: reading the image's context%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR on %s: reading the image's context%s", provider, where);
       break;
     case DPIR_STAGE_SAMPLE:
-      ok = gimp_progress_set_text_printf ("DPIR: denoising, step %u of %u%s",
+      ok = gimp_progress_set_text_printf ("DPIR on %s: denoising, step %u of %u%s", provider,
                                           MIN (progress->step + 1, progress->steps), progress->steps, where);
       break;
     default:
-      ok = gimp_progress_set_text_printf ("DPIR: decoding%s", where);
+      ok = gimp_progress_set_text_printf ("DPIR on %s: decoding%s", provider, where);
       break;
     }
   g_free (where);
@@ -891,8 +892,8 @@ restore_drawable (GimpImage            *image,
                                  running.execution_provider_name, (double) needs.estimated_bytes / 1073741824.0);
 
   choose_format (image, drawable, &format);
-  status = restore_rect (restorer, drawable, &format, NULL, &rect, &options, show_in_gimp, NULL, FALSE,
-                         &restored_data, &restored, &message);
+  status = restore_rect (restorer, drawable, &format, NULL, &rect, &options, show_in_gimp,
+                         (gpointer) running.execution_provider_name, FALSE, &restored_data, &restored, &message);
   if (status == DPIR_STATUS_CANCELLED)
     {
       result = GIMP_PDB_CANCEL;
