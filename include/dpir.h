@@ -66,7 +66,7 @@
 /**
  * Minor version of the dpir.h a program was compiled with.
  */
-#define DPIR_VERSION_MINOR 4
+#define DPIR_VERSION_MINOR 5
 
 /**
  * Patch version of the dpir.h a program was compiled with.
@@ -437,7 +437,7 @@ typedef uint32_t dpir_model_source;
 
 /**
  * A model bundle whose manifest has been read and checked, without ONNX Runtime or any graph: cheap to open
- * whenever a dialog's model changes. Free it with `dpir_bundle_free()`.
+ * whenever a dialog's model changes. Free it with `dpir_bundle_free()`. Since 0.5.
  */
 typedef struct dpir_bundle dpir_bundle;
 

@@ -20,7 +20,7 @@ pub enum dpir_model_source {
 }
 
 /// A model bundle whose manifest has been read and checked, without ONNX Runtime or any graph: cheap to open
-/// whenever a dialog's model changes. Free it with `dpir_bundle_free()`.
+/// whenever a dialog's model changes. Free it with `dpir_bundle_free()`. Since 0.5.
 pub struct dpir_bundle {
     info: BundleInfo,
     path: CString,

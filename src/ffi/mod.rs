@@ -35,7 +35,7 @@ use crate::{Error, ErrorKind};
 /// Major version of the dpir.h a program was compiled with (`dpir_version()` gives the library's).
 pub const DPIR_VERSION_MAJOR: u32 = 0;
 /// Minor version of the dpir.h a program was compiled with.
-pub const DPIR_VERSION_MINOR: u32 = 4;
+pub const DPIR_VERSION_MINOR: u32 = 5;
 /// Patch version of the dpir.h a program was compiled with.
 pub const DPIR_VERSION_PATCH: u32 = 0;
 /// ABI version of the dpir.h a program was compiled with; compare it with `dpir_abi_version()` at start-up.
