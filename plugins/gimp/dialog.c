@@ -300,7 +300,7 @@ restore_preview (Dialog *d)
     }
   say_about_preview (d, "Loading the model...");
   restorer = load_model (d->loaded, d->config, &error);
-  if (restorer == NULL || ! options_from_config (d->config, &d->model, &options, &error))
+  if (restorer == NULL || ! options_from_config (d->config, &d->loaded->model, &options, &error))
     {
       say_about_preview (d, error->message);
       g_clear_error (&error);

@@ -351,7 +351,8 @@ config_model_path (GimpProcedureConfig *config)
   return path;
 }
 
-dpir_bundle *
+/* Opens the bundle at `path` (NULL: dpir's default); on failure, an error that says what to do. */
+static dpir_bundle *
 open_bundle (const gchar  *path,
              GError      **error)
 {
@@ -368,7 +369,7 @@ void
 loaded_model_clear (LoadedModel *loaded)
 {
   dpir_restorer_free (loaded->restorer);
-  g_free (loaded->path);
+  dpir_bundle_free (loaded->bundle);
   memset (loaded, 0, sizeof *loaded);
 }
 
@@ -396,7 +397,7 @@ load_model (LoadedModel          *loaded,
   g_object_get (config, "max-memory", &max_memory, NULL);
   load.memory_budget = (uint64_t) (max_memory * 1073741824.0);
 
-  if (loaded->restorer != NULL && g_strcmp0 (loaded->path, info.path) == 0 &&
+  if (loaded->restorer != NULL && g_strcmp0 (loaded->model.path, info.path) == 0 &&
       loaded->provider == load.execution_provider && loaded->budget == load.memory_budget)
     {
       dpir_bundle_free (bundle);
@@ -411,15 +412,14 @@ load_model (LoadedModel          *loaded,
 
       set_dpir_error (error, what, status, dpir_last_error_message ());
       g_free (what);
+      dpir_bundle_free (bundle);
+      return NULL;
     }
-  else
-    {
-      loaded->path     = g_strdup (info.path);
-      loaded->provider = load.execution_provider;
-      loaded->budget   = load.memory_budget;
-      loaded->restorer = restorer;
-    }
-  dpir_bundle_free (bundle);
+  loaded->bundle   = bundle;
+  loaded->model    = info;
+  loaded->provider = load.execution_provider;
+  loaded->budget   = load.memory_budget;
+  loaded->restorer = restorer;
   return restorer;
 }
 
@@ -841,8 +841,6 @@ restore_drawable (GimpImage            *image,
 {
   GimpPDBStatusType     result  = GIMP_PDB_EXECUTION_ERROR;
   const dpir_restorer  *restorer;
-  dpir_bundle          *bundle;
-  dpir_bundle_info      model;
   dpir_restorer_info    running;
   dpir_restore_options  options;
   dpir_requirements     needs;
@@ -863,18 +861,8 @@ restore_drawable (GimpImage            *image,
 
   gimp_progress_init ("DPIR: loading the model");
   restorer = load_model (loaded, config, error);
-  if (restorer == NULL)
+  if (restorer == NULL || ! options_from_config (config, &loaded->model, &options, error))
     return GIMP_PDB_EXECUTION_ERROR;
-  bundle = open_bundle (loaded->path, error);
-  if (bundle == NULL)
-    return GIMP_PDB_EXECUTION_ERROR;
-  dpir_bundle_get_info (bundle, &model, sizeof model);
-  if (! options_from_config (config, &model, &options, error))
-    {
-      dpir_bundle_free (bundle);
-      return GIMP_PDB_EXECUTION_ERROR;
-    }
-  dpir_bundle_free (bundle);
 
   rect.x      = (uint32_t) x;
   rect.y      = (uint32_t) y;

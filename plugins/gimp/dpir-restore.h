@@ -26,10 +26,11 @@ typedef struct
  * the model once. Reloaded when the model, the place it runs or the memory limit changes. */
 typedef struct
 {
-  gchar         *path;
-  guint32        provider;
-  guint64        budget;
-  dpir_restorer *restorer;
+  dpir_bundle      *bundle;   /* owns model's strings */
+  dpir_bundle_info  model;    /* its folder and values */
+  guint32           provider;
+  guint64           budget;
+  dpir_restorer    *restorer;
 } LoadedModel;
 
 /* Progress shown while a restore runs; returns FALSE to cancel it. Called on the thread that started the restore. */
@@ -39,11 +40,8 @@ typedef gboolean (*ShowProgress) (const dpir_progress *progress,
 /* The model folder the "model" argument names, or NULL for dpir's default. */
 gchar          *config_model_path     (GimpProcedureConfig  *config);
 
-/* Opens the bundle at `path` (NULL: dpir's default); on failure, an error that says what to do. */
-dpir_bundle    *open_bundle           (const gchar          *path,
-                                       GError              **error);
-
-/* The restorer for the config's model, provider and memory limit: `loaded`'s when it matches, else loaded now. */
+/* The restorer for the config's model, provider and memory limit: `loaded`'s when it matches, else loaded now;
+ * `loaded->model` then says which model it is and its values. */
 dpir_restorer  *load_model            (LoadedModel          *loaded,
                                        GimpProcedureConfig  *config,
                                        GError              **error);

@@ -95,7 +95,24 @@ static const dpir_bundle_info FALLBACK_DEFAULTS = {
 
 #define COUNT(array) ((int)(sizeof(array) / sizeof((array)[0])))
 #define DEFAULT_CONTEXT_MARGIN 64
+#define MAX_SEED 2147483647 /* an integer parameter's largest */
 #define MESSAGE_SIZE 1024
+
+/* ---- The model's values ---- */
+
+/* Reads the values of the model bundle at `path` (NULL: dpir's default) into `values`, its numbers only (its
+ * strings go with the bundle); returns 0, with dpir's message for the calling thread, when it cannot be read. */
+static int read_model_values(const char *path, dpir_bundle_info *values) {
+    dpir_bundle *bundle = NULL;
+    int ok = dpir_bundle_open(path, &bundle) == DPIR_STATUS_OK &&
+             dpir_bundle_get_info(bundle, values, sizeof *values) == DPIR_STATUS_OK;
+    dpir_bundle_free(bundle);
+    values->path = values->model_name = NULL;
+    return ok;
+}
+
+/* A model's seed as the seed parameter holds it. */
+static int seed_parameter(uint64_t seed) { return seed > MAX_SEED ? MAX_SEED : (int)seed; }
 
 /* ---- Suites fetched on load ---- */
 
@@ -269,11 +286,10 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
         }
         clock_gettime(CLOCK_MONOTONIC, &end);
         dpir_restorer_info info;
-        dpir_bundle *bundle = NULL;
-        dpir_bundle_info units = FALLBACK_DEFAULTS;
+        dpir_bundle_info units;
         char text[MESSAGE_SIZE], defaults[256] = "";
         const char *ep = "?";
-        if (dpir_bundle_open(path, &bundle) == DPIR_STATUS_OK) dpir_bundle_get_info(bundle, &units, sizeof units);
+        if (!read_model_values(path, &units)) units = FALLBACK_DEFAULTS;
         if (dpir_restorer_get_info(restorer, &info, sizeof info) == DPIR_STATUS_OK) {
             ep = info.execution_provider_name;
             snprintf(defaults, sizeof defaults,
@@ -292,7 +308,6 @@ static struct model *model_acquire(const struct suites *s, OfxImageEffectHandle 
                                 .restorer = restorer,
                                 .pixels_per_latent = units.pixels_per_latent,
                                 .tile_step = units.tile_step_pixels};
-        dpir_bundle_free(bundle);
     }
     found->users++;
     found->last_used = ++models.clock;
@@ -381,9 +396,11 @@ static int get_choice(const struct suites *s, OfxParamHandle p, OfxTime t, int o
 }
 
 /* The model folder the parameter names (the folder or its dpir.json; "default" or nothing: dpir's default,
- * $DPIR_MODEL, else ~/.local/share/dpir/model), its manifest read to be sure. Returns 0 with an error text that
- * says what is wrong (a folder above bundles: which ones it holds). */
-static int find_model(const char *parameter, char *path, size_t size, char *error, size_t error_size) {
+ * $DPIR_MODEL, else ~/.local/share/dpir/model), its manifest read to be sure, and its values into `values` when
+ * not NULL (numbers only). Returns 0 with an error text that says what is wrong (a folder above bundles: which
+ * ones it holds). */
+static int find_model(const char *parameter, char *path, size_t size, dpir_bundle_info *values, char *error,
+                      size_t error_size) {
     const char *named = parameter && parameter[0] && strcmp(parameter, DEFAULT_MODEL) != 0 ? parameter : NULL;
     dpir_bundle *bundle = NULL;
     dpir_bundle_info info;
@@ -398,6 +415,10 @@ static int find_model(const char *parameter, char *path, size_t size, char *erro
         memcpy(path, info.path, strlen(info.path) + 1);
     else
         snprintf(error, error_size, PLUGIN_LABEL ": the model path is too long");
+    if (values) {
+        *values = info;
+        values->path = values->model_name = NULL;
+    }
     dpir_bundle_free(bundle);
     return fits;
 }
@@ -408,7 +429,7 @@ static int read_settings(const struct suites *s, const struct instance *in, OfxT
     memset(out, 0, sizeof *out);
     char *model = NULL;
     if (in->params[PARAM_MODEL]) s->parameter->paramGetValueAtTime(in->params[PARAM_MODEL], t, &model);
-    if (!find_model(model, out->model, sizeof out->model, error, error_size)) return 0;
+    if (!find_model(model, out->model, sizeof out->model, NULL, error, error_size)) return 0;
     out->provider = PROVIDER_VALUES[get_choice(s, in->params[PARAM_PROVIDER], t, COUNT(PROVIDER_OPTIONS))];
     out->device = get_int(s, in->params[PARAM_DEVICE], t, 0);
     out->steps = get_int(s, in->params[PARAM_STEPS], t, 0);
@@ -435,9 +456,8 @@ static int margin_pixels(const struct settings *st, const double scale[2]) {
  * projects) takes the model's own. */
 static uint32_t tile_latents(int pixels, const struct model *m) {
     if (pixels <= 0) return 0;
-    uint32_t step = m->tile_step ? m->tile_step : 1, per_latent = m->pixels_per_latent ? m->pixels_per_latent : 1;
-    uint32_t snapped = (uint32_t)pixels / step * step;
-    return (snapped ? snapped : step) / per_latent;
+    uint32_t snapped = (uint32_t)pixels / m->tile_step * m->tile_step;
+    return (snapped ? snapped : m->tile_step) / m->pixels_per_latent;
 }
 
 /* The restore options of these settings at `time` and render scale (no callbacks). */
@@ -448,8 +468,7 @@ static void restore_options(const struct settings *st, const struct model *m, Of
     o->guidance = st->guidance > 0 ? (float)st->guidance : 0.0f;
     o->tile_mode = st->tile_mode;
     o->tile_size = tile_latents(st->tile_size, m);
-    o->tile_overlap = st->tile_overlap >= 0 ? st->tile_overlap / (int)(m->pixels_per_latent ? m->pixels_per_latent : 1)
-                                            : -1;
+    o->tile_overlap = st->tile_overlap >= 0 ? st->tile_overlap / (int)m->pixels_per_latent : -1;
     o->context_margin = margin_pixels(st, scale);
     if (st->seed >= 0 || st->seed_per_frame) {
         uint64_t seed = (uint64_t)st->seed;
@@ -732,11 +751,8 @@ static void define_choice(const struct suites *s, OfxParamSetHandle params, enum
 /* The values the parameters start at: the default model's own ($DPIR_MODEL, else ~/.local/share/dpir/model),
  * read from its dpir.json, else what dpir's converter writes for DPIR. */
 static dpir_bundle_info default_model_values(void) {
-    dpir_bundle_info info = FALLBACK_DEFAULTS;
-    dpir_bundle *bundle = NULL;
-    if (dpir_bundle_open(NULL, &bundle) == DPIR_STATUS_OK) dpir_bundle_get_info(bundle, &info, sizeof info);
-    dpir_bundle_free(bundle);
-    return info;
+    dpir_bundle_info info;
+    return read_model_values(NULL, &info) ? info : FALLBACK_DEFAULTS;
 }
 
 static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandle effect) {
@@ -785,7 +801,7 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
     define_int(s, params, PARAM_SEED, "Seed",
                "The starting grain. It is locked to the frame position, so a still shot keeps the same grain on "
                "every frame (no flicker); another seed gives another take on the fine detail.",
-               (int)(model.default_seed > 2147483647u ? 2147483647u : model.default_seed), 0, 2147483647, 100000);
+               seed_parameter(model.default_seed), 0, MAX_SEED, 100000);
     define_named(s, params, kOfxParamTypePushButton, NEW_SEED, 1, "New seed", "Picks a new random seed.");
     props = define_param(s, params, kOfxParamTypeBoolean, PARAM_SEED_PER_FRAME, "Seed per frame",
                          "Adds the frame number to the seed, so every frame gets fresh grain.");
@@ -853,29 +869,23 @@ static OfxStatus instance_changed(const struct suites *s, OfxImageEffectHandle e
         static _Atomic uint64_t draws;
         uint64_t mixed = ((uint64_t)time(NULL) << 20) ^ (uint64_t)clock() ^ (++draws * 0x9E3779B97F4A7C15u);
         mixed ^= mixed >> 31;
-        ps->paramSetValue(in->params[PARAM_SEED], (int)(mixed % 2147483647u));
+        ps->paramSetValue(in->params[PARAM_SEED], (int)(mixed % MAX_SEED));
         return kOfxStatOK;
     }
     if (strcmp(name, PARAM_NAMES[PARAM_MODEL]) != 0 || !in->params[PARAM_MODEL]) return kOfxStatReplyDefault;
 
     char *chosen = NULL, path[4096], error[MESSAGE_SIZE];
+    dpir_bundle_info model;
     ps->paramGetValue(in->params[PARAM_MODEL], &chosen);
-    if (!find_model(chosen, path, sizeof path, error, sizeof error)) {
+    if (!find_model(chosen, path, sizeof path, &model, error, sizeof error)) {
         report_error(s, effect, error);
         return kOfxStatOK;
     }
     clear_error(s, effect);
-    dpir_bundle *bundle = NULL;
-    dpir_bundle_info model;
-    if (dpir_bundle_open(path, &bundle) != DPIR_STATUS_OK) return kOfxStatOK;
-    dpir_bundle_get_info(bundle, &model, sizeof model);
-    dpir_bundle_free(bundle);
     ps->paramEditBegin(params, "DPIR Restore: the model's values");
     if (in->params[PARAM_STEPS]) ps->paramSetValue(in->params[PARAM_STEPS], (int)model.default_steps);
     if (in->params[PARAM_GUIDANCE]) ps->paramSetValue(in->params[PARAM_GUIDANCE], (double)model.default_guidance);
-    if (in->params[PARAM_SEED])
-        ps->paramSetValue(in->params[PARAM_SEED],
-                          (int)(model.default_seed > 2147483647u ? 2147483647u : model.default_seed));
+    if (in->params[PARAM_SEED]) ps->paramSetValue(in->params[PARAM_SEED], seed_parameter(model.default_seed));
     if (in->params[PARAM_TILE_SIZE]) ps->paramSetValue(in->params[PARAM_TILE_SIZE], (int)model.default_tile_pixels);
     if (in->params[PARAM_TILE_OVERLAP])
         ps->paramSetValue(in->params[PARAM_TILE_OVERLAP], (int)model.default_overlap_pixels);
