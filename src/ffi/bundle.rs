@@ -4,7 +4,7 @@
 use std::ffi::{c_char, CString};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{call, call_quietly, dpir_status, non_null, put, write_struct, Versioned};
+use super::{c_string, call, call_quietly, dpir_status, non_null, put, write_struct, Versioned};
 use crate::{BundleInfo, ModelSource};
 
 /// How a bundle was found (the `source` field of `dpir_bundle_info`).
@@ -82,10 +82,6 @@ impl Versioned for dpir_bundle_info {
     }
 }
 
-fn c_string(bytes: &[u8]) -> CString {
-    CString::new(bytes.iter().copied().filter(|&b| b != 0).collect::<Vec<u8>>()).unwrap_or_default()
-}
-
 fn to_u32(value: usize) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
@@ -111,7 +107,7 @@ pub unsafe extern "C" fn dpir_bundle_open(path: *const c_char, bundle: *mut *mut
         let info = BundleInfo::find(named)?;
         let handle = Box::new(dpir_bundle {
             path: c_string(info.dir.as_os_str().as_bytes()),
-            model_name: c_string(info.manifest.name.as_bytes()),
+            model_name: c_string(info.manifest.name.clone()),
             info,
         });
         // SAFETY: checked writable above.

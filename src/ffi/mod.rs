@@ -264,6 +264,13 @@ pub(crate) unsafe fn put<T>(ptr: *mut T, value: T, what: &str) -> Outcome {
     Ok(())
 }
 
+/// A C string of `text` (UTF-8 or a path's bytes), without the NULs C cannot carry.
+pub(crate) fn c_string(text: impl Into<Vec<u8>>) -> CString {
+    let mut bytes = text.into();
+    bytes.retain(|&b| b != 0);
+    CString::new(bytes).unwrap_or_default()
+}
+
 /// A NUL-terminated path from C (any bytes but NUL, as Linux allows).
 ///
 /// # Safety

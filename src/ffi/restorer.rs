@@ -3,6 +3,8 @@
 
 use std::ffi::{c_char, CString};
 
+use super::c_string;
+
 use super::options::{dpir_execution_provider, dpir_load_options, dpir_restore_options, restore_options};
 use super::pixels::{dpir_pixels, Described};
 use super::{
@@ -85,11 +87,6 @@ impl dpir_restorer {
     pub(super) fn restorer(&self) -> &Restorer {
         &self.restorer
     }
-}
-
-/// A C string of `text`, without the NULs C cannot carry.
-fn c_string(text: String) -> CString {
-    CString::new(text.replace('\0', "")).unwrap_or_default()
 }
 
 /// Loads the model bundle in directory `bundle` with `options` (NULL: the defaults, CPU), validating its manifest
