@@ -3,7 +3,8 @@
  * @brief dpir: DPIR diffusion image restoration on ONNX Runtime, from C and C++.
  *
  * Link with `pkg-config --cflags --libs dpir` (libdpir.so, SONAME libdpir.so.<ABI>) or
- * `pkg-config --cflags --libs dpir-static` (libdpir.a). A complete program (`restore BUNDLE IN.png OUT.png`,
+ * `pkg-config --cflags --libs dpir-static` (libdpir.a); on Windows with dpir.lib (MSVC) or libdpir.dll.a (MinGW),
+ * and dpir.dll beside the program. A complete program (`restore BUNDLE IN.png OUT.png`,
  * restoring at twice the size; also in README.md):
  *
  * @code
@@ -45,6 +46,8 @@
  * - Pixel descriptors are validated before dpir touches the memory they describe, and dpir never reads or writes
  *   outside it. Failed and cancelled restores leave the destination untouched.
  * - No Rust panic crosses into C: one becomes ::DPIR_STATUS_INTERNAL with its message.
+ * - Paths are NUL-terminated: any bytes on Linux, UTF-8 on Windows (any script, whatever the code page). Paths and
+ *   messages dpir returns are spelt the same way.
  */
 
 
@@ -423,7 +426,8 @@ enum dpir_model_source
      */
     DPIR_MODEL_SOURCE_ENVIRONMENT = 1,
     /**
-     * The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`).
+     * The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`; on Windows
+     * `%LOCALAPPDATA%\dpir\model`).
      */
     DPIR_MODEL_SOURCE_DEFAULT_PLACE = 2,
 };
@@ -973,7 +977,7 @@ const char *dpir_status_string(int32_t status);
 
 /**
  * The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
- * (by default `~/.local/share/dpir/model`) when that folder exists. Host plug-ins call this so that every dpir
+ * (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists. Host plug-ins call this so that every dpir
  * program finds the same model.
  *
  * Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
@@ -983,7 +987,8 @@ const char *dpir_status_string(int32_t status);
  * # Safety
  * `path` must be NULL or point to `capacity` writable bytes.
  */
-size_t dpir_default_model_dir(char *path, size_t capacity);
+size_t dpir_default_model_dir(char *path,
+                              size_t capacity);
 
 /**
  * The detailed message of the last failed dpir call on the calling thread, e.g. "source: invalid image: row
@@ -1333,7 +1338,7 @@ void dpir_frame_free(struct dpir_frame *frame);
 
 /**
  * Finds the model bundle `path` names (its folder or its `dpir.json`) or, when `path` is NULL or "", dpir's
- * default (`DPIR_MODEL`, else `~/.local/share/dpir/model`, as `dpir_default_model_dir()` says), reads and
+ * default (`DPIR_MODEL`, else the per-user place, as `dpir_default_model_dir()` says), reads and
  * checks its manifest, and stores it in `*bundle`. Loads neither ONNX Runtime nor a graph: graphs are checked
  * by `dpir_restorer_load()`.
  *

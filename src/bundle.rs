@@ -18,8 +18,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "dpir.json";
 
 /// The bundle to use when none is named: `$DPIR_MODEL` when set (named explicitly, so it is used and any problem
-/// with it reported, never skipped), else the per-user location `$XDG_DATA_HOME/dpir/model` (by default
-/// `~/.local/share/dpir/model`) when that folder exists. The CLI and both host plug-ins look here.
+/// with it reported, never skipped), else the per-user place when that folder exists: `$XDG_DATA_HOME/dpir/model`
+/// (by default `~/.local/share/dpir/model`), on Windows `%LOCALAPPDATA%\dpir\model`. The CLI and both host
+/// plug-ins look here.
 pub fn default_model_dir() -> Option<PathBuf> {
     default_model().map(|(dir, _)| dir)
 }
@@ -31,13 +32,18 @@ pub enum ModelSource {
     Named,
     /// Named by `$DPIR_MODEL`.
     Environment,
-    /// The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`).
+    /// The per-user place: `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`), on Windows
+    /// `%LOCALAPPDATA%\dpir\model`.
     DefaultPlace,
 }
 
 /// The per-user place for the model, whether or not it exists.
 fn default_place() -> Option<PathBuf> {
     let set = |name| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    // Local, not roaming, application data: a model is gigabytes that should not follow a user between machines.
+    #[cfg(windows)]
+    let data = set("LOCALAPPDATA").filter(|dir| dir.is_absolute());
+    #[cfg(not(windows))]
     let data = set("XDG_DATA_HOME").filter(|dir| dir.is_absolute()).or_else(|| Some(set("HOME")?.join(".local/share")));
     data.map(|data| data.join("dpir").join("model"))
 }

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 pub enum Error {
     /// No ONNX Runtime library was found in any of the places dpir looks.
     #[error(
-        "ONNX Runtime 1.31 or newer was not found; looked for {}. Put libonnxruntime.so beside the program, set \
+        "ONNX Runtime 1.31 or newer was not found; looked for {}. Put {} beside the program, set \
          DPIR_ORT_LIB to its path, or install the onnxruntime Python package (in a dpir source checkout, \
          `python3 tools/fetch_onnxruntime.py` fetches one that the CLI takes; other programs name it with \
          DPIR_ORT_LIB)",
-        display_paths(.searched)
+        display_paths(.searched),
+        crate::ONNXRUNTIME_LIBRARY_NAMES[0]
     )]
     OnnxRuntimeNotFound {
         /// Every path tried, in order.

@@ -195,19 +195,19 @@ pub fn write(path: &Path, layout: &PixelLayout, bytes: &[u8]) -> Result<()> {
 
 /// Writes bytes to a temporary file beside `path`, syncs it, and renames it over `path`. The file gets the mode a
 /// plain write would leave: an existing file's own, else 0666 less the umask (as `cp` does), not the temporary
-/// file's private 0600.
+/// file's private 0600. (On Windows a new file takes its folder's permissions, as any new file does.)
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     let existing = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.permissions());
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut builder = tempfile::Builder::new();
     // Created with 0666, the kernel takes the umask off, as for any new file.
-    let mut file = tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    #[cfg(unix)]
+    builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666));
+    let mut file = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     if let Some(permissions) = existing {
         file.as_file().set_permissions(permissions).map_err(|e| Error::io(file.path(), e))?;
     }

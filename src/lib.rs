@@ -52,7 +52,7 @@ pub use progress::{CancelToken, Control, Progress, ProgressFn, Stage, Stats};
 pub use prompt::clip_pixels;
 pub use rect::Rect;
 pub use restore::{Region, Requirements, Restoration, Restorer};
-pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo, MAX_THREADS};
+pub use runtime::{ExecutionProvider, RuntimeOptions, TensorInfo, MAX_THREADS, ONNXRUNTIME_LIBRARY_NAMES};
 
 /// The crate version, as `major.minor.patch`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

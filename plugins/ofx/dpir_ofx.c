@@ -29,11 +29,21 @@
 
 #include "openfx.h"
 
+#ifdef _WIN32
+#include <windows.h>
+#endif
+
 #if DPIR_ABI_VERSION != 0
 #error "dpir_ofx.c is written against dpir ABI version 0"
 #endif
 
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#define DEFAULT_PLACE "%LOCALAPPDATA%\\dpir\\model"
+#else
 #define EXPORT __attribute__((visibility("default")))
+#define DEFAULT_PLACE "~/.local/share/dpir/model"
+#endif
 
 /* ---- Identifiers and parameter names ---- */
 
@@ -396,7 +406,7 @@ static int get_choice(const struct suites *s, OfxParamHandle p, OfxTime t, int o
 }
 
 /* The model folder the parameter names (the folder or its dpir.json; "default" or nothing: dpir's default,
- * $DPIR_MODEL, else ~/.local/share/dpir/model), its manifest read to be sure, and its values into `values` when
+ * $DPIR_MODEL, else DEFAULT_PLACE), its manifest read to be sure, and its values into `values` when
  * not NULL (numbers only). Returns 0 with an error text that says what is wrong (a folder above bundles: which
  * ones it holds). */
 static int find_model(const char *parameter, char *path, size_t size, dpir_bundle_info *values, char *error,
@@ -748,7 +758,7 @@ static void define_choice(const struct suites *s, OfxParamSetHandle params, enum
     s->property->propSetInt(props, kOfxParamPropAnimates, 0, 0);
 }
 
-/* The values the parameters start at: the default model's own ($DPIR_MODEL, else ~/.local/share/dpir/model),
+/* The values the parameters start at: the default model's own ($DPIR_MODEL, else DEFAULT_PLACE),
  * read from its dpir.json, else what dpir's converter writes for DPIR. */
 static dpir_bundle_info default_model_values(void) {
     dpir_bundle_info info;
@@ -774,7 +784,7 @@ static OfxStatus describe_in_context(const struct suites *s, OfxImageEffectHandl
     OfxPropertySetHandle props = define_param(
         s, params, kOfxParamTypeString, PARAM_MODEL, "Model",
         "The DPIR model: its folder, or the dpir.json in it. \"" DEFAULT_MODEL "\" takes the DPIR_MODEL environment "
-        "variable, else ~/.local/share/dpir/model. A new model brings its own quality, strength, seed and tiles.");
+        "variable, else " DEFAULT_PLACE ". A new model brings its own quality, strength, seed and tiles.");
     if (props) {
         p->propSetString(props, kOfxParamPropStringMode, 0, kOfxParamStringIsDirectoryPath);
         p->propSetString(props, kOfxParamPropDefault, 0, DEFAULT_MODEL);
@@ -1187,10 +1197,25 @@ done:
 
 /* ---- The action dispatcher ---- */
 
+static OfxPlugin plugin;
+
+/* ONNX Runtime's threads and libdpir's thread-locals can outlive a host's unloading of the plug-in: it stays mapped
+ * until the host exits (on Linux, the -z nodelete of plugins/ofx/build.sh does this). */
+static void stay_loaded(void) {
+#ifdef _WIN32
+    HMODULE self;
+    GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_PIN,
+                       (LPCWSTR)(const void *)&plugin, &self);
+#endif
+}
+
 static OfxStatus main_entry(const char *action, const void *handle, OfxPropertySetHandle in_args,
                             OfxPropertySetHandle out_args) {
     if (!action) return kOfxStatErrValue;
-    if (strcmp(action, kOfxActionLoad) == 0) return fetch_suites();
+    if (strcmp(action, kOfxActionLoad) == 0) {
+        stay_loaded();
+        return fetch_suites();
+    }
     const struct suites *s = suites();
     if (!s) return kOfxStatErrMissingHostFeature; /* no action before a successful Load */
     OfxImageEffectHandle effect = (OfxImageEffectHandle)handle;

@@ -2,7 +2,6 @@
 //! defaults in pixels, for the dialogs and parameter pages of hosts, which show them before anything runs.
 
 use std::ffi::{c_char, CString};
-use std::os::unix::ffi::OsStrExt;
 
 use super::{c_string, call, call_quietly, dpir_status, non_null, put, write_struct, Versioned};
 use crate::{BundleInfo, ModelSource};
@@ -15,7 +14,8 @@ pub enum dpir_model_source {
     Named = 0,
     /// The `DPIR_MODEL` environment variable.
     Environment = 1,
-    /// The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`).
+    /// The per-user place, `$XDG_DATA_HOME/dpir/model` (`~/.local/share/dpir/model`; on Windows
+    /// `%LOCALAPPDATA%\dpir\model`).
     DefaultPlace = 2,
 }
 
@@ -87,7 +87,7 @@ fn to_u32(value: usize) -> u32 {
 }
 
 /// Finds the model bundle `path` names (its folder or its `dpir.json`) or, when `path` is NULL or "", dpir's
-/// default (`DPIR_MODEL`, else `~/.local/share/dpir/model`, as `dpir_default_model_dir()` says), reads and
+/// default (`DPIR_MODEL`, else the per-user place, as `dpir_default_model_dir()` says), reads and
 /// checks its manifest, and stores it in `*bundle`. Loads neither ONNX Runtime nor a graph: graphs are checked
 /// by `dpir_restorer_load()`.
 ///
@@ -106,7 +106,7 @@ pub unsafe extern "C" fn dpir_bundle_open(path: *const c_char, bundle: *mut *mut
         let named = if path.is_null() { None } else { Some(unsafe { super::path(path, "path")? }) };
         let info = BundleInfo::find(named)?;
         let handle = Box::new(dpir_bundle {
-            path: c_string(info.dir.as_os_str().as_bytes()),
+            path: c_string(super::path_bytes(&info.dir)),
             model_name: c_string(info.manifest.name.clone()),
             info,
         });

@@ -25,8 +25,7 @@ mod bundle;
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString, OsStr};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::{c_char, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
@@ -271,7 +270,8 @@ pub(crate) fn c_string(text: impl Into<Vec<u8>>) -> CString {
     CString::new(bytes).unwrap_or_default()
 }
 
-/// A NUL-terminated path from C (any bytes but NUL, as Linux allows).
+/// A NUL-terminated path from C: any bytes but NUL on Unix, as Linux allows; UTF-8 on Windows, whose file names
+/// are UTF-16 (Rust's file functions convert, so a folder named in any script works).
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to a NUL-terminated string that lives for `'a`.
@@ -281,7 +281,23 @@ pub(crate) unsafe fn path<'a>(ptr: *const c_char, what: &str) -> Outcome<&'a Pat
     }
     // SAFETY: non-NULL and NUL-terminated by the caller's contract.
     let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
-    Ok(Path::new(OsStr::from_bytes(bytes)))
+    #[cfg(unix)]
+    let path = Ok(Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)));
+    #[cfg(not(unix))]
+    let path = std::str::from_utf8(bytes).map(Path::new).map_err(|e| {
+        Failure::argument(format!("{what} is not UTF-8 (byte {} is not); dpir takes paths as UTF-8", e.valid_up_to()))
+    });
+    path
+}
+
+/// A path as C is given it: its bytes on Unix, UTF-8 on Windows (a name that is not valid UTF-16, which Windows
+/// tolerates, has its stray halves replaced).
+pub(crate) fn path_bytes(path: &Path) -> Vec<u8> {
+    #[cfg(unix)]
+    let bytes = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().into_owned().into_bytes();
+    bytes
 }
 
 /// A struct the caller allocates and the library reads or fills: it begins with `size_t size` (the caller's
@@ -387,7 +403,7 @@ pub extern "C" fn dpir_status_string(status: i32) -> *const c_char {
 }
 
 /// The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
-/// (by default `~/.local/share/dpir/model`) when that folder exists. Host plug-ins call this so that every dpir
+/// (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists. Host plug-ins call this so that every dpir
 /// program finds the same model.
 ///
 /// Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
@@ -399,7 +415,7 @@ pub extern "C" fn dpir_status_string(status: i32) -> *const c_char {
 #[no_mangle]
 pub unsafe extern "C" fn dpir_default_model_dir(path: *mut c_char, capacity: usize) -> usize {
     call_quietly(0, || {
-        let found = crate::default_model_dir().map(|dir| dir.into_os_string().into_vec()).unwrap_or_default();
+        let found = crate::default_model_dir().map(|dir| path_bytes(&dir)).unwrap_or_default();
         if !path.is_null() && capacity > 0 {
             let written = if found.len() < capacity { found.len() } else { 0 };
             // SAFETY: the caller provides `capacity` writable bytes at `path`; at most written + 1 <= capacity.

@@ -11,10 +11,14 @@ use std::sync::OnceLock;
 use super::library::{glob_dirs, python_site_dirs};
 
 /// The NVIDIA driver's library; never in a Python package.
+#[cfg(not(windows))]
 const DRIVER: &str = "libcuda.so.1";
+#[cfg(windows)]
+const DRIVER: &str = "nvcuda.dll";
 
 /// What the providers load, dependencies first, each with the PyPI package that carries it. Their own
 /// dependencies (cuDNN's sub-libraries, cuBLASLt for cuBLAS) are found through their `$ORIGIN` run paths.
+#[cfg(not(windows))]
 const LIBRARIES: [(&str, &str); 5] = [
     ("libcudart.so.13", "nvidia-cuda-runtime"),
     ("libcublasLt.so.13", "nvidia-cublas"),
@@ -22,6 +26,19 @@ const LIBRARIES: [(&str, &str); 5] = [
     ("libcurand.so.10", "nvidia-curand"),
     ("libcudnn.so.9", "nvidia-cudnn-cu13"),
 ];
+/// The same on Windows, where the packages keep their DLLs in `bin` (cuDNN loads its sub-libraries from its own
+/// folder).
+#[cfg(windows)]
+const LIBRARIES: [(&str, &str); 5] = [
+    ("cudart64_13.dll", "nvidia-cuda-runtime"),
+    ("cublasLt64_13.dll", "nvidia-cublas"),
+    ("cublas64_13.dll", "nvidia-cublas"),
+    ("curand64_10.dll", "nvidia-curand"),
+    ("cudnn64_9.dll", "nvidia-cudnn-cu13"),
+];
+
+/// The folder of each NVIDIA package that holds its libraries.
+const PACKAGE_LIBRARY_FOLDER: &str = if cfg!(windows) { "bin" } else { "lib" };
 
 /// Loads the driver and the CUDA libraries, once per process; the reason when some cannot be found.
 pub(crate) fn ensure_loaded() -> Result<(), String> {
@@ -60,12 +77,12 @@ fn load() -> Result<(), String> {
     ))
 }
 
-/// `nvidia/*/lib` of every site-packages folder dpir knows of ([`python_site_dirs`]: found without running Python),
-/// in that order, each site's packages in name order.
+/// `nvidia/*/lib` (on Windows `nvidia\*\bin`) of every site-packages folder dpir knows of ([`python_site_dirs`]:
+/// found without running Python), in that order, each site's packages in name order.
 fn package_folders() -> Vec<PathBuf> {
     python_site_dirs()
         .iter()
-        .flat_map(|site| glob_dirs(&site.join("nvidia"), "", "lib"))
+        .flat_map(|site| glob_dirs(&site.join("nvidia"), "", PACKAGE_LIBRARY_FOLDER))
         .filter(|folder| folder.is_dir())
         .collect()
 }

@@ -10,7 +10,11 @@ use std::sync::{Mutex, OnceLock};
 use crate::error::{Error, Result};
 
 /// File names tried in each directory, most specific first.
-const LIBRARY_NAMES: &[&str] = &["libonnxruntime.so", "libonnxruntime.so.1"];
+#[cfg(not(windows))]
+pub const LIBRARY_NAMES: &[&str] = &["libonnxruntime.so", "libonnxruntime.so.1"];
+/// File names tried in each directory.
+#[cfg(windows)]
+pub const LIBRARY_NAMES: &[&str] = &["onnxruntime.dll"];
 
 /// What is loaded in this process.
 struct Loaded {
@@ -71,9 +75,8 @@ fn load(path: &Path) -> Result<ort::environment::Environment> {
 }
 
 /// Why `path` cannot be a library file, named as it is: missing, unreadable, a directory, a FIFO, a device, or
-/// empty. `None` for a non-empty regular file (links followed), which dlopen then judges.
+/// empty. `None` for a non-empty regular file (links followed), which the system's loader then judges.
 fn not_a_library_file(path: &Path) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("no such file".into()),
@@ -82,12 +85,8 @@ fn not_a_library_file(path: &Path) -> Option<String> {
     let kind = metadata.file_type();
     let what = if kind.is_dir() {
         "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
+    } else if let Some(special) = special_file(&kind) {
+        special
     } else if metadata.len() == 0 {
         "an empty file"
     } else {
@@ -96,7 +95,23 @@ fn not_a_library_file(path: &Path) -> Option<String> {
     Some(format!("it is {what}, not a library file"))
 }
 
-/// The dlopen reason hides in the inner error's source; bring it to the surface.
+#[cfg(unix)]
+fn special_file(kind: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    match () {
+        _ if kind.is_fifo() => Some("a FIFO"),
+        _ if kind.is_socket() => Some("a socket"),
+        _ if kind.is_char_device() || kind.is_block_device() => Some("a device"),
+        _ => None,
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file(_: &std::fs::FileType) -> Option<&'static str> {
+    None
+}
+
+/// The loader's reason hides in the inner error's source; bring it to the surface.
 fn describe_load_error(error: &ort::LoadDynamicError) -> String {
     let mut text = error.to_string();
     if let ort::LoadDynamicError::Dlopen { error: inner, .. } = error {
@@ -108,6 +123,14 @@ fn describe_load_error(error: &ort::LoadDynamicError) -> String {
                 text.push_str(&cause_text);
             }
             source = cause.source();
+        }
+        // The file is there (checked before loading), so "module not found" is about a DLL it needs.
+        const MODULE_NOT_FOUND: i32 = 126;
+        if cfg!(windows) && text.contains(&std::io::Error::from_raw_os_error(MODULE_NOT_FOUND).to_string()) {
+            text.push_str(
+                "; a DLL it depends on is missing: ONNX Runtime needs the Microsoft Visual C++ Redistributable \
+                 (x64, 2015-2022; MSVCP140.dll, VCRUNTIME140_1.dll)",
+            );
         }
     }
     text
@@ -167,6 +190,7 @@ fn find() -> Result<PathBuf> {
 }
 
 /// The directory of the shared object this code lives in (libdpir.so when loaded by a C program).
+#[cfg(unix)]
 fn this_library_dir() -> Option<PathBuf> {
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only reads the address; `info` outlives the call.
@@ -177,6 +201,31 @@ fn this_library_dir() -> Option<PathBuf> {
     // SAFETY: dladdr returned a NUL-terminated path owned by the loader.
     let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
     let path = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()));
+    path.parent().map(Path::to_path_buf)
+}
+
+/// The directory of the module this code lives in (dpir.dll, or the plug-in that links dpir statically).
+#[cfg(windows)]
+fn this_library_dir() -> Option<PathBuf> {
+    use std::os::windows::ffi::OsStringExt;
+    use windows_sys::Win32::System::LibraryLoader::{
+        GetModuleFileNameW, GetModuleHandleExW, GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS,
+        GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+    };
+    let mut module = std::ptr::null_mut();
+    let flags = GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT;
+    // SAFETY: with FROM_ADDRESS the name argument is an address inside the module wanted; `module` is writable.
+    if unsafe { GetModuleHandleExW(flags, this_library_dir as *const u16, &mut module) } == 0 {
+        return None;
+    }
+    // Long paths (\\?\ prefixed, up to 32767 characters) fit; a shorter buffer would be truncated silently.
+    let mut name = vec![0u16; 32768];
+    // SAFETY: the buffer's length is passed with it; the module handle stays valid (this code is in it).
+    let length = unsafe { GetModuleFileNameW(module, name.as_mut_ptr(), name.len() as u32) } as usize;
+    if length == 0 || length >= name.len() {
+        return None;
+    }
+    let path = PathBuf::from(std::ffi::OsString::from_wide(&name[..length]));
     path.parent().map(Path::to_path_buf)
 }
 
@@ -194,6 +243,7 @@ fn this_library_dir() -> Option<PathBuf> {
 ///
 /// Only folders that exist are returned. The cost is a few `stat` and `read_dir` calls: the folders of `PATH` and
 /// the `lib` folders of each prefix, nothing inside site-packages.
+#[cfg(not(windows))]
 pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
     let mut site_dirs = SiteDirs::default();
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
@@ -221,6 +271,45 @@ pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
     site_dirs.dirs
 }
 
+/// The site-packages folders of the Python installations this process can see, on Windows; as on other systems,
+/// found on the file system alone, in order, each folder once:
+///
+/// 1. the active virtual environment, then the active conda environment: `%VIRTUAL_ENV%\Lib\site-packages`,
+///    `%CONDA_PREFIX%\Lib\site-packages`;
+/// 2. the user site: `%APPDATA%\Python\Python3*\site-packages`;
+/// 3. for each `python.exe` and `python3.exe` on `PATH`, in `PATH` order: the virtual environment it lives in
+///    (`VENV\Scripts\python.exe` beside `VENV\pyvenv.cfg`), else its installation: `PREFIX\Lib\site-packages`;
+/// 4. the python.org installer's per-user installations, `%LOCALAPPDATA%\Programs\Python\Python3*`, which are
+///    often not on `PATH`: their `Lib\site-packages`, newest last in name order.
+#[cfg(windows)]
+pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
+    let set = |name| env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut site_dirs = SiteDirs::default();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = set(var) {
+            site_dirs.extend([prefix.join("Lib").join("site-packages")]);
+        }
+    }
+    if let Some(appdata) = set("APPDATA") {
+        site_dirs.extend(glob_dirs(&appdata.join("Python"), "Python3", "site-packages"));
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path).filter(|dir| dir.is_absolute()) {
+            for name in ["python.exe", "python3.exe"] {
+                if !dir.join(name).is_file() {
+                    continue;
+                }
+                let venv = dir.parent().filter(|venv| venv.join("pyvenv.cfg").is_file());
+                site_dirs.extend([venv.unwrap_or(&dir).join("Lib").join("site-packages")]);
+            }
+        }
+    }
+    if let Some(local) = set("LOCALAPPDATA") {
+        site_dirs.extend(glob_dirs(&local.join("Programs").join("Python"), "Python3", "Lib\\site-packages"));
+    }
+    site_dirs.dirs
+}
+
 /// Existing folders, each once: a folder reached by two spellings (a `lib64` link, a venv inside `PATH` twice)
 /// keeps the first.
 #[derive(Default)]
@@ -242,6 +331,7 @@ impl SiteDirs {
 
 /// Every `python3` and `python3.N` file in the folders of `PATH`, in `PATH` order; in one folder `python3` first,
 /// then the `python3.N` from the highest `N` down. Not run, not checked to be a Python: only where it points matters.
+#[cfg(not(windows))]
 fn pythons_on_path() -> Vec<PathBuf> {
     let Some(path) = env::var_os("PATH") else { return Vec::new() };
     let mut pythons = Vec::new();
@@ -263,6 +353,7 @@ fn pythons_on_path() -> Vec<PathBuf> {
 }
 
 /// `python3` sorts before every `python3.N` (`u32::MAX`); `python3.N` is `N`; other names are not Pythons.
+#[cfg(not(windows))]
 fn python_minor(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("python3")?;
     if rest.is_empty() {
@@ -275,17 +366,24 @@ fn python_minor(name: &str) -> Option<u32> {
     minor.parse().ok()
 }
 
-/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so*`).
+/// Libraries inside installed `onnxruntime` / `onnxruntime-gpu` wheels (`onnxruntime/capi/libonnxruntime.so*`, on
+/// Windows `onnxruntime\capi\onnxruntime.dll`).
 fn python_package_libraries() -> Vec<PathBuf> {
     let mut libraries = Vec::new();
     for dir in python_site_dirs() {
-        let capi = dir.join("onnxruntime/capi");
+        let capi = dir.join("onnxruntime").join("capi");
         let Ok(entries) = std::fs::read_dir(&capi) else { continue };
         let mut names: Vec<PathBuf> = entries
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| {
-                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    if cfg!(windows) {
+                        LIBRARY_NAMES.contains(&n)
+                    } else {
+                        n.starts_with("libonnxruntime.so")
+                    }
+                })
             })
             .collect();
         names.sort();
@@ -326,6 +424,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(windows))]
     fn python_names() {
         assert_eq!(python_minor("python3"), Some(u32::MAX));
         assert_eq!(python_minor("python3.12"), Some(12));
@@ -335,6 +434,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn globs_are_sorted_and_only_existing_site_folders_are_kept_once() {
         let root = tempfile::tempdir().unwrap();
         let lib = root.path().join("lib");

@@ -19,6 +19,7 @@ use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, TensorRef, Valu
 use parking_lot::Mutex;
 
 pub use ep::ExecutionProvider;
+pub use library::LIBRARY_NAMES as ONNXRUNTIME_LIBRARY_NAMES;
 pub(crate) use tensorrt::{bundle_key, GraphHints, Profile, ProfileInput};
 
 use crate::error::{Error, Result};

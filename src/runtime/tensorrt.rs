@@ -82,14 +82,17 @@ fn flag(on: bool) -> String {
     if on { "1" } else { "0" }.to_string()
 }
 
-/// The default root of the engine cache: `$XDG_CACHE_HOME/dpir/tensorrt`, else `~/.cache/dpir/tensorrt`, else a
-/// folder in the system's temporary directory.
+/// The default root of the engine cache: `$XDG_CACHE_HOME/dpir/tensorrt`, else `~/.cache/dpir/tensorrt` (on
+/// Windows `%LOCALAPPDATA%\dpir\tensorrt`), else a folder in the system's temporary directory.
 pub(crate) fn default_cache_root() -> PathBuf {
     cache_root(|name| std::env::var_os(name))
 }
 
 fn cache_root(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     let set = |name| var(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    #[cfg(windows)]
+    let cache = set("LOCALAPPDATA").filter(|dir| dir.is_absolute());
+    #[cfg(not(windows))]
     let cache = set("XDG_CACHE_HOME").filter(|dir| dir.is_absolute()).or_else(|| Some(set("HOME")?.join(".cache")));
     cache.unwrap_or_else(std::env::temp_dir).join("dpir").join("tensorrt")
 }
@@ -149,15 +152,34 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The NVIDIA driver's and TensorRT's libraries.
+#[cfg(not(windows))]
+const DRIVER: &str = "libcuda.so.1";
+#[cfg(not(windows))]
+const NVINFER: &str = "libnvinfer.so.10";
+#[cfg(windows)]
+const DRIVER: &str = "nvcuda.dll";
+#[cfg(windows)]
+const NVINFER: &str = "nvinfer_10.dll";
+
+/// A system library held open while it is asked something; `None` when it is not installed.
+fn open(name: &str) -> Option<libloading::Library> {
+    // SAFETY: the NVIDIA libraries opened here run no initialisers that depend on the caller.
+    unsafe { libloading::Library::new(name) }.ok()
+}
+
 /// The name the CUDA driver gives device `ordinal`.
 fn gpu_name(ordinal: i32) -> Option<String> {
-    let driver = Library::open(c"libcuda.so.1")?;
-    // CUresult cuInit(unsigned), cuDeviceGet(CUdevice*, int), cuDeviceGetName(char*, int, CUdevice)
-    let init: unsafe extern "C" fn(u32) -> c_int = unsafe { std::mem::transmute(driver.symbol(c"cuInit")?) };
-    let get: unsafe extern "C" fn(*mut c_int, c_int) -> c_int =
-        unsafe { std::mem::transmute(driver.symbol(c"cuDeviceGet")?) };
-    let name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int =
-        unsafe { std::mem::transmute(driver.symbol(c"cuDeviceGetName")?) };
+    let driver = open(DRIVER)?;
+    // CUresult cuInit(unsigned), cuDeviceGet(CUdevice*, int), cuDeviceGetName(char*, int, CUdevice); the driver
+    // API's documented signatures.
+    let (init, get, name) = unsafe {
+        (
+            driver.get::<unsafe extern "C" fn(u32) -> c_int>(c"cuInit").ok()?,
+            driver.get::<unsafe extern "C" fn(*mut c_int, c_int) -> c_int>(c"cuDeviceGet").ok()?,
+            driver.get::<unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int>(c"cuDeviceGetName").ok()?,
+        )
+    };
     let mut device: c_int = 0;
     let mut buffer = [0 as c_char; 256];
     // SAFETY: the driver API's documented signatures; the buffer's length is passed with it.
@@ -172,36 +194,10 @@ fn gpu_name(ordinal: i32) -> Option<String> {
 /// TensorRT's version, `major.minor.patch`, from libnvinfer's `getInferLibVersion` (10.x encodes it as
 /// major * 10000 + minor * 100 + patch).
 fn tensorrt_version() -> Option<String> {
-    let nvinfer = Library::open(c"libnvinfer.so.10")?;
-    let version: unsafe extern "C" fn() -> i32 = unsafe { std::mem::transmute(nvinfer.symbol(c"getInferLibVersion")?) };
+    let nvinfer = open(NVINFER)?;
     // SAFETY: a function of no arguments returning int32_t, as TensorRT's NvInferRuntimeBase.h declares it.
-    let v = unsafe { version() };
+    let v = unsafe { nvinfer.get::<unsafe extern "C" fn() -> i32>(c"getInferLibVersion").ok()?() };
     Some(format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100))
-}
-
-/// A shared library held open while it is asked something.
-struct Library(*mut libc::c_void);
-
-impl Library {
-    fn open(name: &CStr) -> Option<Library> {
-        // SAFETY: dlopen with a NUL-terminated name; the handle is closed on drop.
-        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        // Lazily: a Library made for a null handle would be closed on drop.
-        (!handle.is_null()).then(|| Library(handle))
-    }
-
-    fn symbol(&self, name: &CStr) -> Option<*mut libc::c_void> {
-        // SAFETY: a valid handle and a NUL-terminated name.
-        let symbol = unsafe { libc::dlsym(self.0, name.as_ptr()) };
-        (!symbol.is_null()).then_some(symbol)
-    }
-}
-
-impl Drop for Library {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from dlopen and is closed once.
-        unsafe { libc::dlclose(self.0) };
-    }
 }
 
 #[cfg(test)]
@@ -264,6 +260,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(windows))]
     fn cache_root_follows_xdg() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| std::ffi::OsString::from(v))
@@ -278,7 +275,7 @@ mod tests {
     #[test]
     fn platform_names_what_it_cannot_ask() {
         // No NVIDIA driver or TensorRT on the test machines: both parts say so, and nothing fails.
-        if Library::open(c"libcuda.so.1").is_none() {
+        if open(DRIVER).is_none() {
             assert!(platform(0).starts_with("unknown-gpu-"), "{}", platform(0));
         }
         let dir = tempfile::tempdir().unwrap();

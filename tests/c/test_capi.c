@@ -5,7 +5,8 @@
  * BUNDLES_DIR holds the fixture bundles (oracle, tiny, broken_nan) and SCRATCH_DIR a writable folder with
  * `corrupt_graph`, a copy of the oracle bundle whose transformer.onnx is not a graph (tools/test.sh makes it).
  * Built against the installed header and library; also built with AddressSanitizer. Prints one line per group
- * and ends with "N passed, 0 failed".
+ * and ends with "N passed, 0 failed". Also built for Windows (tests/windows): paths are UTF-8 there too, and the
+ * per-user model folder hangs from %LOCALAPPDATA%.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
 
@@ -18,7 +19,49 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "../windows/utf8_args.h"
+
+/* What differs between the systems: the environment, folders, and where dpir's per-user model folder is. */
+#ifdef _WIN32
+#include <direct.h>
+#define DATA_HOME "LOCALAPPDATA"
+#define NO_SUCH_DATA "C:\\no\\such\\data"
+#define SEP "\\"
+#define ONNXRUNTIME_FILE "onnxruntime.dll"
+/* Through the Win32 environment, which dpir reads, not the C runtime's copy of it. NULL removes the variable. */
+static void set_env(const char *name, const char *value) { SetEnvironmentVariableA(name, value); }
+static int make_dir(const char *path) { return _mkdir(path); }
+static void remove_dir(const char *path) { _rmdir(path); }
+static char *make_temp_dir(char *path, size_t size) {
+    char base[MAX_PATH];
+    if (!GetTempPathA(sizeof base, base)) return NULL;
+    snprintf(path, size, "%sdpir-capi-%lu", base, (unsigned long)GetCurrentProcessId());
+    return _mkdir(path) == 0 ? path : NULL;
+}
+/* A UTF-8 path opened through the wide API, as dpir opens its own. */
+static FILE *open_file(const char *path, const char *mode) {
+    wchar_t wide_path[1024], wide_mode[8];
+    if (!MultiByteToWideChar(CP_UTF8, 0, path, -1, wide_path, 1024) ||
+        !MultiByteToWideChar(CP_UTF8, 0, mode, -1, wide_mode, 8))
+        return NULL;
+    return _wfopen(wide_path, wide_mode);
+}
+#else
 #include <unistd.h>
+#define DATA_HOME "XDG_DATA_HOME"
+#define NO_SUCH_DATA "/no/such/data"
+#define SEP "/"
+#define ONNXRUNTIME_FILE "libonnxruntime.so"
+static void set_env(const char *name, const char *value) { value ? setenv(name, value, 1) : unsetenv(name); }
+static int make_dir(const char *path) { return mkdir(path, 0700); }
+static void remove_dir(const char *path) { rmdir(path); }
+static char *make_temp_dir(char *path, size_t size) {
+    snprintf(path, size, "/tmp/dpir-capi-XXXXXX");
+    return mkdtemp(path);
+}
+static FILE *open_file(const char *path, const char *mode) { return fopen(path, mode); }
+#endif
 
 static int passed, failed;
 static int seen[DPIR_STATUS_OUT_OF_MEMORY + 1]; /* statuses observed, to prove each one is reachable */
@@ -125,29 +168,29 @@ static void test_versions_and_statuses(void) {
 static void test_default_model_dir(void) {
     /* $DPIR_MODEL is taken as it is, whether or not it exists; the path is written only when it fits. */
     char path[64];
-    setenv("DPIR_MODEL", "/no/such/model", 1);
+    set_env("DPIR_MODEL", "/no/such/model");
     CHECK(dpir_default_model_dir(NULL, 0) == strlen("/no/such/model"));
     CHECK(dpir_default_model_dir(path, sizeof path) == strlen("/no/such/model"));
     CHECK(strcmp(path, "/no/such/model") == 0);
     memset(path, 'x', sizeof path);
     CHECK(dpir_default_model_dir(path, 5) == strlen("/no/such/model") && path[0] == '\0' && path[5] == 'x');
-    /* Without it: $XDG_DATA_HOME/dpir/model, only when that folder exists. */
-    unsetenv("DPIR_MODEL");
-    char data[] = "/tmp/dpir-capi-XXXXXX", expected[96];
-    CHECK(mkdtemp(data) != NULL);
-    setenv("XDG_DATA_HOME", data, 1);
+    /* Without it: $XDG_DATA_HOME/dpir/model (%LOCALAPPDATA%\dpir\model), only when that folder exists. */
+    set_env("DPIR_MODEL", NULL);
+    char data[96], expected[160];
+    CHECK(make_temp_dir(data, sizeof data) != NULL);
+    set_env(DATA_HOME, data);
     CHECK(dpir_default_model_dir(path, sizeof path) == 0 && path[0] == '\0');
-    snprintf(expected, sizeof expected, "%s/dpir", data);
-    CHECK(mkdir(expected, 0700) == 0);
-    snprintf(expected, sizeof expected, "%s/dpir/model", data);
-    CHECK(mkdir(expected, 0700) == 0);
+    snprintf(expected, sizeof expected, "%s" SEP "dpir", data);
+    CHECK(make_dir(expected) == 0);
+    snprintf(expected, sizeof expected, "%s" SEP "dpir" SEP "model", data);
+    CHECK(make_dir(expected) == 0);
     CHECK(dpir_default_model_dir(path, sizeof path) == strlen(expected) && strcmp(path, expected) == 0);
-    rmdir(expected);
-    snprintf(expected, sizeof expected, "%s/dpir", data);
-    rmdir(expected);
-    rmdir(data);
-    unsetenv("XDG_DATA_HOME");
-    printf("default model folder: $DPIR_MODEL, else $XDG_DATA_HOME/dpir/model when it exists\n");
+    remove_dir(expected);
+    snprintf(expected, sizeof expected, "%s" SEP "dpir", data);
+    remove_dir(expected);
+    remove_dir(data);
+    set_env(DATA_HOME, NULL);
+    printf("default model folder: $DPIR_MODEL, else $" DATA_HOME SEP "dpir" SEP "model when it exists\n");
 }
 
 static void test_bundles(void) {
@@ -166,16 +209,17 @@ static void test_bundles(void) {
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_get_info(NULL, &info, sizeof info));
     dpir_bundle_free(bundle);
     /* NULL names dpir's default; without one the message says where to put a model. */
-    setenv("DPIR_MODEL", tiny, 1);
+    set_env("DPIR_MODEL", tiny);
     EXPECT(DPIR_STATUS_OK, dpir_bundle_open(NULL, &bundle));
     EXPECT(DPIR_STATUS_OK, dpir_bundle_get_info(bundle, &info, sizeof info));
     CHECK(info.source == DPIR_MODEL_SOURCE_ENVIRONMENT && strcmp(info.path, tiny) == 0);
     dpir_bundle_free(bundle);
-    unsetenv("DPIR_MODEL");
-    setenv("XDG_DATA_HOME", "/no/such/data", 1);
+    set_env("DPIR_MODEL", NULL);
+    set_env(DATA_HOME, NO_SUCH_DATA);
     EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open("", &bundle));
-    CHECK(bundle == NULL && strstr(dpir_last_error_message(), "/no/such/data/dpir/model: no model here and DPIR_MODEL is not set") != NULL);
-    unsetenv("XDG_DATA_HOME");
+    CHECK(bundle == NULL && strstr(dpir_last_error_message(),
+                                   NO_SUCH_DATA SEP "dpir" SEP "model: no model here and DPIR_MODEL is not set") != NULL);
+    set_env(DATA_HOME, NULL);
     /* The folder above bundles: the message names them. */
     EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open(bundles, &bundle));
     CHECK(strstr(dpir_last_error_message(),
@@ -396,7 +440,7 @@ static void test_info_and_requirements(dpir_restorer *oracle) {
     EXPECT(DPIR_STATUS_OK, dpir_restorer_get_info(oracle, &info, sizeof info));
     CHECK(info.size == sizeof info && info.model_name && strlen(info.model_name) > 0);
     CHECK(strcmp(info.execution_provider_name, "cpu") == 0 && info.execution_provider == DPIR_EXECUTION_PROVIDER_CPU);
-    CHECK(strstr(info.onnxruntime_library, "libonnxruntime") != NULL);
+    CHECK(strstr(info.onnxruntime_library, ONNXRUNTIME_FILE) != NULL);
     CHECK(info.default_steps >= 1 && info.default_guidance >= 1.0f && info.has_text_encoder == 0);
     CHECK(info.default_tile_size >= 1 && info.default_tile_overlap < info.default_tile_size);
     CHECK(info.pixels_per_latent >= 1 && info.default_scale == 1.0f);
@@ -800,7 +844,7 @@ static void test_images(void) {
     EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_image_read(join(scratch, "roundtrip.png"), NULL));
     EXPECT(DPIR_STATUS_IO, dpir_image_read(join(scratch, "missing.png"), &image));
     CHECK(image == NULL);
-    FILE *garbage = fopen(join(scratch, "garbage.png"), "wb");
+    FILE *garbage = open_file(join(scratch, "garbage.png"), "wb");
     if (garbage) {
         fputs("\x89PNG\r\n\x1a\n but not really", garbage);
         fclose(garbage);
@@ -930,6 +974,7 @@ static void test_cancel_from_another_thread(dpir_restorer *tiny) {
 }
 
 int main(int argc, char **argv) {
+    argv = utf8_args(&argc, argv);
     if (argc != 3) {
         fprintf(stderr, "usage: %s BUNDLES_DIR SCRATCH_DIR\n", argv[0]);
         return 2;

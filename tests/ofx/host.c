@@ -3,7 +3,7 @@
  *
  *   ofx_host [OPTIONS] BUNDLE.ofx.bundle PLUGIN_ID CHECK [PARAM=VALUE ...]
  *
- * It loads any OFX bundle with dlopen, implements the host side (property, image effect, parameter, memory,
+ * It loads any OFX bundle (Contents/Linux-x86-64 with dlopen, Contents/Win64 on Windows), implements the host side (property, image effect, parameter, memory,
  * multithread, message and progress suites), runs Load, Describe, DescribeInContext (Filter), CreateInstance, and
  * then one CHECK:
  *
@@ -41,7 +41,6 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -52,6 +51,11 @@
 #include <string.h>
 
 #include "../../plugins/ofx/openfx.h"
+#include "../windows/utf8_args.h"
+
+#ifndef _WIN32
+#include <dlfcn.h>
+#endif
 
 #define MAGIC_PROPS 0x50524f50u
 #define MAGIC_EFFECT 0x45464643u
@@ -1139,6 +1143,43 @@ static OfxStatus call(struct plugin *pl, const char *action, const void *handle,
 
 static int status_ok(OfxStatus st) { return st == kOfxStatOK || st == kOfxStatReplyDefault; }
 
+#ifdef _WIN32
+#define BINARY_FOLDER "Win64"
+
+/* Opens the plug-in's binary through the wide API, so that a bundle in a folder named in any script loads. */
+static void *open_library(const char *path) {
+    wchar_t wide[4096];
+    if (!MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wide, 4096)) die("%s: not UTF-8", path);
+    HMODULE lib = LoadLibraryW(wide);
+    if (!lib) {
+        DWORD code = GetLastError();
+        char reason[512] = "";
+        FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL, code, 0, reason,
+                       sizeof reason, NULL);
+        die("LoadLibrary %s: %s(error %lu)", path, reason, (unsigned long)code);
+    }
+    return (void *)lib;
+}
+
+static void (*library_symbol(void *lib, const char *name))(void) {
+    return (void (*)(void))GetProcAddress((HMODULE)lib, name);
+}
+#else
+#define BINARY_FOLDER "Linux-x86-64"
+
+static void *open_library(const char *path) {
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) die("dlopen %s: %s", path, dlerror());
+    return lib;
+}
+
+static void (*library_symbol(void *lib, const char *name))(void) {
+    void (*symbol)(void);
+    *(void **)&symbol = dlsym(lib, name); /* POSIX's way around C's function/object pointer divide */
+    return symbol;
+}
+#endif
+
 static struct plugin load_plugin(const char *bundle, const char *id, OfxHost *host) {
     const char *base = strrchr(bundle, '/');
     base = base ? base + 1 : bundle;
@@ -1148,11 +1189,10 @@ static struct plugin load_plugin(const char *bundle, const char *id, OfxHost *ho
     if (len <= strlen(suffix) || strncmp(base + len - strlen(suffix), suffix, strlen(suffix)))
         die("%s is not a NAME.ofx.bundle", bundle);
     char path[4096];
-    snprintf(path, sizeof path, "%s/Contents/Linux-x86-64/%.*s.ofx", bundle, (int)(len - strlen(suffix)), base);
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) die("dlopen %s: %s", path, dlerror());
-    int (*count)(void) = (int (*)(void))dlsym(lib, "OfxGetNumberOfPlugins");
-    OfxPlugin *(*get)(int) = (OfxPlugin * (*)(int)) dlsym(lib, "OfxGetPlugin");
+    snprintf(path, sizeof path, "%s/Contents/%s/%.*s.ofx", bundle, BINARY_FOLDER, (int)(len - strlen(suffix)), base);
+    void *lib = open_library(path);
+    int (*count)(void) = (int (*)(void))library_symbol(lib, "OfxGetNumberOfPlugins");
+    OfxPlugin *(*get)(int) = (OfxPlugin * (*)(int)) library_symbol(lib, "OfxGetPlugin");
     if (!count || !get) die("%s does not export OfxGetNumberOfPlugins and OfxGetPlugin", path);
     struct plugin pl = {0};
     int n = count();
@@ -1714,6 +1754,7 @@ static int parse_list(const char *text, double *values, int max) {
 }
 
 int main(int argc, char **argv) {
+    argv = utf8_args(&argc, argv);
     struct options o = {.canonical_w = 150, .canonical_h = 110, .ntiles = 2, .tiles = {{64, 48}, {37, 53}},
                         .scales = {1, 0.5}, .nscales = 2, .threads = 2, .tolerance = 1e-4,
                         .format = {D_FLOAT, 4, 0}};

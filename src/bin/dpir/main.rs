@@ -19,7 +19,7 @@ use dpir::{
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array3;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[derive(Parser)]
 #[command(name = "dpir", version, about = "Diffusion-based image restoration (DPIR) on ONNX Runtime")]
@@ -28,10 +28,26 @@ struct Cli {
     command: Command,
 }
 
+/// Where a model is found when none is named (see [`dpir::default_model_dir`]).
+#[cfg(not(windows))]
+macro_rules! default_place {
+    () => {
+        "~/.local/share/dpir/model"
+    };
+}
+#[cfg(windows)]
+macro_rules! default_place {
+    () => {
+        r"%LOCALAPPDATA%\dpir\model"
+    };
+}
+
+const MODEL_HELP: &str =
+    concat!("Model bundle directory. Default: $DPIR_MODEL, else ", default_place!(), ", else the oracle test bundle.");
+
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Model bundle directory. Default: $DPIR_MODEL, else ~/.local/share/dpir/model, else the oracle test bundle.
-    #[arg(long, short)]
+    #[arg(long, short, help = MODEL_HELP)]
     model: Option<PathBuf>,
     /// Execution provider: cpu, cuda[:N], tensorrt[:N] or auto.
     #[arg(long, default_value = "cpu", value_parser = parse_provider)]
@@ -218,6 +234,12 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The signals that stop a restore: Ctrl-C, a polite kill, and the terminal closing (Windows has no SIGHUP).
+#[cfg(unix)]
+const STOP_SIGNALS: [i32; 3] = [SIGINT, SIGTERM, signal_hook::consts::SIGHUP];
+#[cfg(not(unix))]
+const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
+
 /// SIGINT, SIGTERM and SIGHUP stop a restore at its next model call, so that the output (and its temporary file)
 /// is never half written and an existing one stays as it was; a second signal ends the process at once.
 struct Interrupt {
@@ -228,7 +250,7 @@ struct Interrupt {
 impl Interrupt {
     fn install() -> std::io::Result<Interrupt> {
         let (flag, signal) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-        for number in [SIGINT, SIGTERM, SIGHUP] {
+        for number in STOP_SIGNALS {
             // First the default action for a signal that finds the flag already set, then the flag.
             signal_hook::flag::register_conditional_default(number, flag.clone())?;
             signal_hook::flag::register_usize(number, signal.clone(), number as usize)?;
@@ -250,14 +272,14 @@ impl Interrupt {
     }
 }
 
-/// The bundle to use: the argument, else [`dpir::default_model_dir`] ($DPIR_MODEL, ~/.local/share/dpir/model), else
+/// The bundle to use: the argument, else [`dpir::default_model_dir`] ($DPIR_MODEL, the per-user place), else
 /// the oracle test bundle (said out loud).
 fn bundle_dir(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(dir) = explicit.or_else(dpir::default_model_dir) {
         return Ok(dir);
     }
     let Some(oracle) = checkout().map(|root| root.join("tests/fixtures/bundles/oracle")) else {
-        return Err("no model: pass --model DIR, set DPIR_MODEL, or put a bundle in ~/.local/share/dpir/model".into());
+        return Err(concat!("no model: pass --model DIR, set DPIR_MODEL, or put a bundle in ", default_place!()).into());
     };
     eprintln!(
         "note: no --model given, using the oracle bundle ({}). It is a pass-through test bundle: the result equals \
@@ -288,7 +310,7 @@ fn onnxruntime_library(explicit: Option<PathBuf>) -> Option<PathBuf> {
         return None;
     }
     let exe = std::env::current_exe().ok()?;
-    if ["libonnxruntime.so", "libonnxruntime.so.1"].iter().any(|name| exe.with_file_name(name).is_file()) {
+    if dpir::ONNXRUNTIME_LIBRARY_NAMES.iter().any(|name| exe.with_file_name(name).is_file()) {
         return None;
     }
     let library = checkout()?.join("build/onnxruntime/lib/libonnxruntime.so");
