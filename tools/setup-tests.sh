@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond tools/setup.sh, each piece only when missing: a Python venv for the fixture
 # generator and the reference pipeline (build/venv), cbindgen (generates include/dpir.h), valgrind, gcc's
-# AddressSanitizer runtime, clang with libFuzzer and pkg-config. The plug-in tests build their Debian chroot
-# (tools/hosts/chroot.sh) and the converter test its PyTorch venv (tools/export/setup.sh) themselves.
+# AddressSanitizer runtime, clang with libFuzzer, pkg-config, and Wine and LLVM's linker for the Windows build. The
+# plug-in tests build their Debian chroot (tools/hosts/chroot.sh), the converter test its PyTorch venv
+# (tools/export/setup.sh) and the Windows build its cross toolchain (tools/windows/build.sh) themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,7 @@ if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
     cargo install cbindgen --version 0.29.4 --locked --quiet
 fi
 missing=()
-for package in valgrind libasan8 clang-14 libclang-rt-14-dev pkg-config; do
+for package in valgrind libasan8 clang-14 libclang-rt-14-dev pkg-config wine wine64 lld-14; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

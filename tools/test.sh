@@ -3,7 +3,8 @@
 # committed fixtures regenerate byte for byte, runs the fixture and reference-pipeline self-checks, the Rust unit
 # and integration tests, the Python package, the C ABI (header, installed libraries, C and C++ tests, valgrind,
 # AddressSanitizer, libFuzzer), the GIMP and OpenFX plug-ins in real hosts (a Debian forky chroot; needs root),
-# and the converter on tiny models of the real PyTorch classes, and rehearses the GPU kit (tools/device) offline.
+# the Windows build under Wine, and the converter on tiny models of the real PyTorch classes, and rehearses the GPU
+# kit (tools/device) offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -121,6 +122,11 @@ bash tests/gimp/test_gimp.sh
 # forky chroot (about 30 s once tools/hosts/chroot.sh has built the chroot).
 echo "== OpenFX plug-in: conformance host and melt in a Debian forky chroot (tests/ofx/test_ofx.sh)"
 bash tests/ofx/test_ofx.sh
+
+# The Windows build (tools/windows/build.sh, cross-compiled with MinGW) under Wine 8: the CLI, the C library and
+# the OpenFX plug-in from the zip a user unpacks (about 5 minutes the first time, a minute after).
+echo "== Windows: CLI, C library and OpenFX plug-in under Wine (tests/windows/test_windows.sh)"
+bash tests/windows/test_windows.sh
 
 # The converter (tools/export, issue 5): tiny randomly initialised models of the real classes (diffusers'
 # SD3Transformer2DModel + our LQ branch, AutoencoderKL, transformers' CLIPModel and T5EncoderModel) saved in the

@@ -29,8 +29,14 @@
 #define NO_SUCH_DATA "C:\\no\\such\\data"
 #define SEP "\\"
 #define ONNXRUNTIME_FILE "onnxruntime.dll"
-/* Through the Win32 environment, which dpir reads, not the C runtime's copy of it. NULL removes the variable. */
-static void set_env(const char *name, const char *value) { SetEnvironmentVariableA(name, value); }
+/* Through the Win32 environment, which dpir reads, not the C runtime's copy of it; the value is UTF-8 as every
+ * path here is, so through the wide API. NULL removes the variable. */
+static void set_env(const char *name, const char *value) {
+    wchar_t wide_name[64], wide_value[1024];
+    MultiByteToWideChar(CP_UTF8, 0, name, -1, wide_name, 64);
+    if (value) MultiByteToWideChar(CP_UTF8, 0, value, -1, wide_value, 1024);
+    SetEnvironmentVariableW(wide_name, value ? wide_value : NULL);
+}
 static int make_dir(const char *path) { return _mkdir(path); }
 static void remove_dir(const char *path) { _rmdir(path); }
 static char *make_temp_dir(char *path, size_t size) {
