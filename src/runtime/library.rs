@@ -280,7 +280,7 @@ pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
 /// 3. for each `python.exe` and `python3.exe` on `PATH`, in `PATH` order: the virtual environment it lives in
 ///    (`VENV\Scripts\python.exe` beside `VENV\pyvenv.cfg`), else its installation: `PREFIX\Lib\site-packages`;
 /// 4. the python.org installer's per-user installations, `%LOCALAPPDATA%\Programs\Python\Python3*`, which are
-///    often not on `PATH`: their `Lib\site-packages`, newest last in name order.
+///    often not on `PATH`: their `Lib\site-packages`, in name order.
 #[cfg(windows)]
 pub(crate) fn python_site_dirs() -> Vec<PathBuf> {
     let set = |name| env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);

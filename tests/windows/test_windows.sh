@@ -8,7 +8,7 @@
 # 4. the OpenFX conformance host, cross-compiled, on the zip's Win64 bundle: tiles equal the full frame, every
 #    pixel format returns its input through the oracle bundle;
 # 5. the CLI with input, output and model under that name; a missing onnxruntime.dll, and a missing Visual C++
-#    runtime, are clear errors.
+#    runtime, are clear errors; without one beside it, dpir.exe finds ONNX Runtime in a Python's site-packages.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=build/venv/bin/python
@@ -140,3 +140,13 @@ WINEDLLOVERRIDES="msvcp140=d" expect_failure "needs the Microsoft Visual C++ Red
     run "$app/dpir.exe" restore "$picture" "$scratch/never.png" --model "$app/models/oracle"
 test ! -e "$scratch/never.png"
 echo "no output was written"
+
+echo "-- dpir.exe alone finds onnxruntime.dll in a Python's site-packages: the active one (VIRTUAL_ENV), then a"
+echo "   virtual environment whose python.exe is on PATH"
+venv=$scratch/venv
+mkdir -p "$venv/Lib/site-packages/onnxruntime/capi" "$venv/Scripts"
+cp "$app"/onnxruntime*.dll "$venv/Lib/site-packages/onnxruntime/capi/"
+touch "$venv/pyvenv.cfg" "$venv/Scripts/python.exe" # looked at, never run
+expected='onnxruntime: .*\\venv\\Lib\\site-packages\\onnxruntime\\capi\\onnxruntime.dll'
+VIRTUAL_ENV=$(winepath -w "$venv") run "$scratch/alone/dpir.exe" info "$app/models/oracle" | grep -E "$expected"
+WINEPATH=$(winepath -w "$venv/Scripts") run "$scratch/alone/dpir.exe" info "$app/models/oracle" | grep -E "$expected"
