@@ -285,7 +285,11 @@ pub(crate) unsafe fn path<'a>(ptr: *const c_char, what: &str) -> Outcome<&'a Pat
     let path = Ok(Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)));
     #[cfg(not(unix))]
     let path = std::str::from_utf8(bytes).map(Path::new).map_err(|e| {
-        Failure::argument(format!("{what} is not UTF-8 (byte {} is not); dpir takes paths as UTF-8", e.valid_up_to()))
+        let at = e.valid_up_to();
+        Failure::argument(format!(
+            "{what} is not UTF-8 (invalid at byte {at}): on Windows dpir takes paths as UTF-8 (WideCharToMultiByte \
+             with CP_UTF8 converts a wide path)"
+        ))
     });
     path
 }

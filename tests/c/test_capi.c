@@ -226,6 +226,11 @@ static void test_bundles(void) {
     CHECK(bundle == NULL && strstr(dpir_last_error_message(),
                                    NO_SUCH_DATA SEP "dpir" SEP "model: no model here and DPIR_MODEL is not set") != NULL);
     set_env(DATA_HOME, NULL);
+#ifdef _WIN32
+    /* Paths are UTF-8 on Windows: a path in the ANSI code page (here "café" in Windows-1252) is refused, named. */
+    EXPECT(DPIR_STATUS_INVALID_ARGUMENT, dpir_bundle_open("caf\xe9", &bundle));
+    CHECK(bundle == NULL && strstr(dpir_last_error_message(), "path is not UTF-8 (invalid at byte 3)") != NULL);
+#endif
     /* The folder above bundles: the message names them. */
     EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open(bundles, &bundle));
     CHECK(strstr(dpir_last_error_message(),
