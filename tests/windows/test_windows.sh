@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Windows build under Wine (run by tools/test.sh; about a minute once tools/windows/build.sh has built):
-# 1. builds the Windows artefacts and zip (tools/windows/build.sh) and checks the exports against dpir.h;
+# 1. builds the Windows artefacts and zip (tools/windows/build.sh) and checks the exports against dpir.h; runs the
+#    crate's unit tests built for Windows;
 # 2. the CLI from the unpacked zip: the oracle bundle returns its input; the tiny bundle equals the Linux build;
 # 3. the C test program, cross-compiled against dpir.dll through lib/dpir.lib, with its bundles and scratch
 #    folders under a name in three scripts (UTF-8 paths through the C ABI and back); the C example through
@@ -50,6 +51,10 @@ run() {
     grep -v "^Failed to create DXGI factory\." "$scratch/stderr" >&2 || true
     return $status
 }
+
+echo "-- the crate's unit tests, built for Windows, under Wine (ONNX Runtime named: no checkout path on Windows)"
+CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine DPIR_ORT_LIB=$(winepath -w build/onnxruntime-windows/bin/onnxruntime.dll) \
+    cargo test --release --features full --target x86_64-pc-windows-gnu --lib --quiet 2>&1 | grep -E "^test result|panicked|FAILED"
 
 echo "-- the CLI restores with the oracle bundle: output equals input"
 picture=examples/images/landscape.png
