@@ -298,8 +298,8 @@ enum dpir_execution_provider
      */
     DPIR_EXECUTION_PROVIDER_CPU = 0,
     /**
-     * NVIDIA CUDA on `device`. Needs `libonnxruntime_providers_cuda.so` (from onnxruntime-gpu) with CUDA 13 and
-     * cuDNN 9.
+     * NVIDIA CUDA on `device`. Needs `libonnxruntime_providers_cuda.so` (Windows: `onnxruntime_providers_cuda.dll`;
+     * from onnxruntime-gpu) with CUDA 13 and cuDNN 9.
      */
     DPIR_EXECUTION_PROVIDER_CUDA = 1,
     /**
@@ -482,8 +482,9 @@ typedef struct dpir_load_options {
      */
     size_t size;
     /**
-     * Path of `libonnxruntime.so` to load, or NULL (default) to search: `DPIR_ORT_LIB`, `ORT_DYLIB_PATH`, beside
-     * the executable, beside libdpir, the project's fetched copy, an installed onnxruntime Python package.
+     * Path of `libonnxruntime.so` (Windows: `onnxruntime.dll`) to load, or NULL (default) to search:
+     * `DPIR_ORT_LIB`, `ORT_DYLIB_PATH`, beside the executable, beside libdpir, an installed onnxruntime Python
+     * package (README, "ONNX Runtime").
      * One process loads one ONNX Runtime: a later load naming another library fails. Copied during the call.
      */
     const char *onnxruntime_library;

@@ -21,8 +21,8 @@ pub const DPIR_SEED_DEFAULT: u64 = u64::MAX;
 pub enum dpir_execution_provider {
     /// ONNX Runtime's CPU provider. Always available.
     Cpu = 0,
-    /// NVIDIA CUDA on `device`. Needs `libonnxruntime_providers_cuda.so` (from onnxruntime-gpu) with CUDA 13 and
-    /// cuDNN 9.
+    /// NVIDIA CUDA on `device`. Needs `libonnxruntime_providers_cuda.so` (Windows: `onnxruntime_providers_cuda.dll`;
+    /// from onnxruntime-gpu) with CUDA 13 and cuDNN 9.
     Cuda = 1,
     /// NVIDIA TensorRT on `device`. Also needs TensorRT 10 (`libnvinfer`).
     Tensorrt = 2,
@@ -105,8 +105,9 @@ impl From<Stage> for dpir_stage {
 pub struct dpir_load_options {
     /// `sizeof(dpir_load_options)`, set by `dpir_load_options_init()`.
     pub size: usize,
-    /// Path of `libonnxruntime.so` to load, or NULL (default) to search: `DPIR_ORT_LIB`, `ORT_DYLIB_PATH`, beside
-    /// the executable, beside libdpir, the project's fetched copy, an installed onnxruntime Python package.
+    /// Path of `libonnxruntime.so` (Windows: `onnxruntime.dll`) to load, or NULL (default) to search:
+    /// `DPIR_ORT_LIB`, `ORT_DYLIB_PATH`, beside the executable, beside libdpir, an installed onnxruntime Python
+    /// package (README, "ONNX Runtime").
     /// One process loads one ONNX Runtime: a later load naming another library fails. Copied during the call.
     pub onnxruntime_library: *const c_char,
     /// A `dpir_execution_provider`. Default `DPIR_EXECUTION_PROVIDER_CPU`.

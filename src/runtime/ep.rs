@@ -14,16 +14,17 @@ pub enum ExecutionProvider {
     /// ONNX Runtime's CPU provider. Always available.
     #[default]
     Cpu,
-    /// NVIDIA CUDA on the given device. Needs `libonnxruntime_providers_cuda.so` (from `onnxruntime-gpu`) and the
-    /// CUDA 13 / cuDNN 9 libraries.
+    /// NVIDIA CUDA on the given device. Needs `libonnxruntime_providers_cuda.so` (Windows:
+    /// `onnxruntime_providers_cuda.dll`; from `onnxruntime-gpu`) and the CUDA 13 / cuDNN 9 libraries.
     Cuda {
         /// CUDA device ordinal.
         device: i32,
     },
     /// NVIDIA TensorRT on the given device, optionally in fp16, with CUDA for what TensorRT cannot run. Engines
-    /// and TensorRT's timing cache persist under `engine_cache` (default `$XDG_CACHE_HOME/dpir/tensorrt`), in a
-    /// folder per bundle, GPU, TensorRT version and input shapes. Needs `libonnxruntime_providers_tensorrt.so`
-    /// and TensorRT 10 (`libnvinfer`). Made with [`ExecutionProvider::tensorrt`].
+    /// and TensorRT's timing cache persist under `engine_cache` (default `$XDG_CACHE_HOME/dpir/tensorrt`, on Windows
+    /// `%LOCALAPPDATA%\dpir\tensorrt`), in a folder per bundle, GPU, TensorRT version and input shapes. Needs
+    /// `libonnxruntime_providers_tensorrt.so` (Windows: `onnxruntime_providers_tensorrt.dll`) and TensorRT 10
+    /// (`libnvinfer`). Made with [`ExecutionProvider::tensorrt`].
     #[non_exhaustive]
     TensorRt {
         /// CUDA device ordinal.
@@ -123,13 +124,19 @@ impl ExecutionProvider {
 
     /// The provider library ONNX Runtime must find for this provider, named in errors.
     pub(crate) fn library(&self) -> Option<&'static str> {
+        #[cfg(not(windows))]
+        const CUDA: &str = "libonnxruntime_providers_cuda.so (from onnxruntime-gpu) with CUDA 13 and cuDNN 9";
+        #[cfg(not(windows))]
+        const TENSORRT: &str =
+            "libonnxruntime_providers_tensorrt.so (from onnxruntime-gpu) with TensorRT 10 (libnvinfer)";
+        #[cfg(windows)]
+        const CUDA: &str = "onnxruntime_providers_cuda.dll (from onnxruntime-gpu) with CUDA 13 and cuDNN 9";
+        #[cfg(windows)]
+        const TENSORRT: &str =
+            "onnxruntime_providers_tensorrt.dll (from onnxruntime-gpu) with TensorRT 10 (nvinfer_10.dll)";
         match self {
-            ExecutionProvider::Cuda { .. } => {
-                Some("libonnxruntime_providers_cuda.so (from onnxruntime-gpu) with CUDA 13 and cuDNN 9")
-            }
-            ExecutionProvider::TensorRt { .. } => {
-                Some("libonnxruntime_providers_tensorrt.so (from onnxruntime-gpu) with TensorRT 10 (libnvinfer)")
-            }
+            ExecutionProvider::Cuda { .. } => Some(CUDA),
+            ExecutionProvider::TensorRt { .. } => Some(TENSORRT),
             _ => None,
         }
     }
