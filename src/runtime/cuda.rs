@@ -26,8 +26,8 @@ const LIBRARIES: [(&str, &str); 5] = [
     ("libcurand.so.10", "nvidia-curand"),
     ("libcudnn.so.9", "nvidia-cudnn-cu13"),
 ];
-/// The same on Windows, where the packages keep their DLLs in `bin` (cuDNN loads its sub-libraries from its own
-/// folder).
+/// The same on Windows, where the packages keep their DLLs in `bin` or `bin\x86_64` (cuDNN loads its
+/// sub-libraries from its own folder).
 #[cfg(windows)]
 const LIBRARIES: [(&str, &str); 5] = [
     ("cudart64_13.dll", "nvidia-cuda-runtime"),
@@ -37,8 +37,11 @@ const LIBRARIES: [(&str, &str); 5] = [
     ("cudnn64_9.dll", "nvidia-cudnn-cu13"),
 ];
 
-/// The folder of each NVIDIA package that holds its libraries.
-const PACKAGE_LIBRARY_FOLDER: &str = if cfg!(windows) { "bin" } else { "lib" };
+/// The folders of each NVIDIA package that hold its libraries (`nvidia/cu13/bin/x86_64/cudart64_13.dll` on Windows).
+#[cfg(not(windows))]
+const PACKAGE_LIBRARY_FOLDERS: &[&str] = &["lib"];
+#[cfg(windows)]
+const PACKAGE_LIBRARY_FOLDERS: &[&str] = &["bin\\x86_64", "bin"];
 
 /// Loads the driver and the CUDA libraries, once per process; the reason when some cannot be found.
 pub(crate) fn ensure_loaded() -> Result<(), String> {
@@ -77,12 +80,14 @@ fn load() -> Result<(), String> {
     ))
 }
 
-/// `nvidia/*/lib` (on Windows `nvidia\*\bin`) of every site-packages folder dpir knows of ([`python_site_dirs`]:
-/// found without running Python), in that order, each site's packages in name order.
+/// `nvidia/*/lib` (on Windows `nvidia\*\bin\x86_64` and `nvidia\*\bin`) of every site-packages folder dpir
+/// knows of ([`python_site_dirs`]: found without running Python), in that order, each site's packages in name order.
 fn package_folders() -> Vec<PathBuf> {
     python_site_dirs()
         .iter()
-        .flat_map(|site| glob_dirs(&site.join("nvidia"), "", PACKAGE_LIBRARY_FOLDER))
+        .flat_map(|site| {
+            PACKAGE_LIBRARY_FOLDERS.iter().flat_map(move |folder| glob_dirs(&site.join("nvidia"), "", folder))
+        })
         .filter(|folder| folder.is_dir())
         .collect()
 }
@@ -98,17 +103,18 @@ mod tests {
 
     #[test]
     fn libraries_are_found_in_the_first_package_folder_that_has_them() {
+        let [(cudart, _), _, _, (curand, _), (cudnn, _)] = LIBRARIES;
+        let folder = PACKAGE_LIBRARY_FOLDERS[0]; // lib, or bin\x86_64 on Windows
         let root = tempfile::tempdir().unwrap();
         let site = root.path();
-        for (package, library) in [("cu13", "libcudart.so.13"), ("cudnn", "libcudnn.so.9"), ("curand", "libcudnn.so.9")]
-        {
-            std::fs::create_dir_all(site.join("nvidia").join(package).join("lib")).unwrap();
-            std::fs::write(site.join("nvidia").join(package).join("lib").join(library), b"").unwrap();
+        for (package, library) in [("cu13", cudart), ("cudnn", cudnn), ("curand", cudnn)] {
+            std::fs::create_dir_all(site.join("nvidia").join(package).join(folder)).unwrap();
+            std::fs::write(site.join("nvidia").join(package).join(folder).join(library), b"").unwrap();
         }
-        let folders = glob_dirs(&site.join("nvidia"), "", "lib"); // in name order
-        assert_eq!(locate("libcudart.so.13", &folders), Some(site.join("nvidia/cu13/lib/libcudart.so.13")));
-        assert_eq!(locate("libcudnn.so.9", &folders), Some(site.join("nvidia/cudnn/lib/libcudnn.so.9")));
-        assert_eq!(locate("libcurand.so.10", &folders), None);
-        assert!(locate("libcudart.so.13", &[PathBuf::from("/nonexistent")]).is_none());
+        let folders = glob_dirs(&site.join("nvidia"), "", folder); // in name order
+        assert_eq!(locate(cudart, &folders), Some(site.join("nvidia").join("cu13").join(folder).join(cudart)));
+        assert_eq!(locate(cudnn, &folders), Some(site.join("nvidia").join("cudnn").join(folder).join(cudnn)));
+        assert_eq!(locate(curand, &folders), None);
+        assert!(locate(cudart, &[PathBuf::from("/nonexistent")]).is_none());
     }
 }
