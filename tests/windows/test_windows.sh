@@ -53,20 +53,19 @@ run() {
 }
 
 echo "-- the crate's unit tests, built for Windows, under Wine (ONNX Runtime named: no checkout path on Windows)"
-CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine DPIR_ORT_LIB=$(winepath -w build/onnxruntime-windows/bin/onnxruntime.dll) \
-    cargo test --release --features full --target x86_64-pc-windows-gnu --lib --quiet 2>&1 | grep -E "^test result|panicked|FAILED"
+windows_onnxruntime=$(winepath -w build/onnxruntime-windows/bin/onnxruntime.dll)
+CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine DPIR_ORT_LIB=$windows_onnxruntime \
+    cargo test --release --features full --target x86_64-pc-windows-gnu --lib --quiet 2>&1 |
+    grep -E "^test result|panicked|FAILED"
+
+# The decoded pixels of an image file: two files compared whatever their encoders wrote.
+pixels() { $py -c "import sys; from PIL import Image; sys.stdout.buffer.write(Image.open(sys.argv[1]).tobytes())" "$1"; }
 
 echo "-- the CLI restores with the oracle bundle: output equals input"
 picture=examples/images/landscape.png
 run "$app/dpir.exe" restore "$picture" "$scratch/oracle.png" --model "$app/models/oracle" --quiet
-$py - "$picture" "$scratch/oracle.png" <<'PY'
-import sys
-import numpy as np
-from PIL import Image
-a, b = (np.asarray(Image.open(p)) for p in sys.argv[1:])
-assert a.shape == b.shape and (a == b).all(), "the oracle bundle changed the picture"
-print(f"oracle: {a.shape[1]}x{a.shape[0]} restored to itself, every byte equal")
-PY
+cmp <(pixels "$picture") <(pixels "$scratch/oracle.png")
+echo "oracle: the picture restored to itself, every byte equal"
 
 echo "-- the CLI restores with the tiny bundle as the Linux build does (float output, within 1e-5)"
 cargo build --release --features full --quiet
@@ -119,10 +118,7 @@ run "$scratch/ofx_host.exe" --frame 97x75 "$bundle" $id identity "model=$named/b
 echo "-- the CLI with its input, output and model under \"${named##*/}\""
 cp "$picture" "$named/风景 été.png"
 run "$app/dpir.exe" restore "$named/风景 été.png" "$named/恢复 résultat.png" --model "$named/bundles/oracle" --quiet
-cmp <($py -c "import sys; from PIL import Image; sys.stdout.buffer.write(Image.open(sys.argv[1]).tobytes())" \
-    "$named/风景 été.png") \
-    <($py -c "import sys; from PIL import Image; sys.stdout.buffer.write(Image.open(sys.argv[1]).tobytes())" \
-    "$named/恢复 résultat.png")
+cmp <(pixels "$named/风景 été.png") <(pixels "$named/恢复 résultat.png")
 echo "restored \"风景 été.png\" into \"恢复 résultat.png\": every byte equal"
 
 echo "-- a missing onnxruntime.dll, then a missing Visual C++ runtime: exit status 1 and a message that says so"
