@@ -7,7 +7,7 @@
 #    folders under a name in three scripts (UTF-8 paths through the C ABI and back); the C example through
 #    lib/libdpir.dll.a; a program linked by lld-link (MSVC's command line) against dpir.lib alone;
 # 4. the OpenFX conformance host, cross-compiled, on the zip's Win64 bundle: tiles equal the full frame, every
-#    pixel format returns its input through the oracle bundle;
+#    pixel format returns its input through the oracle bundle, a missing model fails the render with a message;
 # 5. the CLI with input, output and model under that name; a missing onnxruntime.dll, and a missing Visual C++
 #    runtime, are clear errors; without one beside it, dpir.exe finds ONNX Runtime in a Python's site-packages.
 set -euo pipefail
@@ -114,6 +114,7 @@ id=org.dpir.Restore
 run "$scratch/ofx_host.exe" --frame 192x144 --tiles 80x56 "$bundle" $id tiles model=tests/fixtures/bundles/tiny \
     steps=2 tile_size=64 tile_overlap=16 | tail -n 1
 run "$scratch/ofx_host.exe" --frame 97x75 "$bundle" $id identity "model=$named/bundles/oracle" steps=1 | tail -n 1
+run "$scratch/ofx_host.exe" "$bundle" $id fail 'model=C:\no\such\bundle' | tail -n 1
 
 echo "-- the CLI with its input, output and model under \"${named##*/}\""
 cp "$picture" "$named/风景 été.png"

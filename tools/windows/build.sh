@@ -3,7 +3,8 @@
 #
 #   bash tools/windows/build.sh
 #
-# makes build/windows/dpir-VERSION-windows-x64/ and its zip beside it, which a user unpacks and runs:
+# makes build/windows/dpir-VERSION-windows-x64/ and its zip (with a .sha256) beside it, which a user unpacks and
+# runs:
 #   dpir.exe, dpir.dll, onnxruntime.dll (+ onnxruntime_providers_shared.dll)   the CLI and the C library
 #   include/dpir.h, include/dpir.hpp                                           the C ABI and the C++ wrapper
 #   lib/dpir.lib (MSVC), lib/libdpir.dll.a (MinGW), lib/dpir.def              import libraries, exports
@@ -37,7 +38,7 @@ onnxruntime=build/onnxruntime-windows/bin
 name=dpir-$version-windows-x64
 out=build/windows
 stage=$out/$name
-rm -rf "$stage" "$out/$name.zip"
+rm -rf "$stage" "$out/$name.zip" "$out/$name.zip.sha256"
 mkdir -p "$stage/include" "$stage/lib" "$stage/models" "$stage/examples"
 
 # The programs, without their debug information (line tables would double their size).
@@ -64,5 +65,5 @@ cp "$onnxruntime/LICENSE" "$stage/onnxruntime-LICENSE.txt"
 cp "$onnxruntime/ThirdPartyNotices.txt" "$stage/onnxruntime-ThirdPartyNotices.txt"
 
 # Windows' own zip reader expects the folder inside; python's zipfile stores it as given, relative to $out.
-(cd "$out" && python3 -m zipfile -c "$name.zip" "$name")
-echo "$out/$name.zip ($(du -h "$out/$name.zip" | cut -f1)); unpacked in $stage"
+(cd "$out" && python3 -m zipfile -c "$name.zip" "$name" && sha256sum "$name.zip" >"$name.zip.sha256")
+echo "$out/$name.zip ($(du -h "$out/$name.zip" | cut -f1), its sha256 beside it); unpacked in $stage"
