@@ -55,7 +55,7 @@ struct ModelArgs {
     /// Threads per graph (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Path of libonnxruntime.so (default: search; see README).
+    /// Path of the ONNX Runtime library, libonnxruntime.so or onnxruntime.dll (default: search; see README).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
     /// On CUDA and TensorRT, the most GPU memory each graph's arena may take, in GiB (default: no limit).
