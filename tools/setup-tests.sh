@@ -18,12 +18,4 @@ if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen 0.29.4" ]; then
     echo "installing cbindgen 0.29.4 ..."
     cargo install cbindgen --version 0.29.4 --locked --quiet
 fi
-missing=()
-for package in valgrind libasan8 clang-14 libclang-rt-14-dev pkg-config wine wine64 lld-14; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]} ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash tools/debian-packages.sh valgrind libasan8 clang-14 libclang-rt-14-dev pkg-config wine wine64 lld-14

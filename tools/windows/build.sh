@@ -19,15 +19,7 @@ cd "$(dirname "$0")/../.."
 
 rust_target=x86_64-pc-windows-gnu
 rustup target list --installed | grep -qx $rust_target || rustup target add $rust_target
-missing=()
-for package in gcc-mingw-w64-x86-64 llvm-14; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]} ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash tools/debian-packages.sh gcc-mingw-w64-x86-64 llvm-14
 python3 tools/fetch_onnxruntime.py --windows
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
