@@ -171,8 +171,8 @@ fn open(name: &str) -> Option<libloading::Library> {
 /// The name the CUDA driver gives device `ordinal`.
 fn gpu_name(ordinal: i32) -> Option<String> {
     let driver = open(DRIVER)?;
-    // CUresult cuInit(unsigned), cuDeviceGet(CUdevice*, int), cuDeviceGetName(char*, int, CUdevice); the driver
-    // API's documented signatures.
+    // SAFETY: the driver API's documented signatures: CUresult cuInit(unsigned), cuDeviceGet(CUdevice*, int),
+    // cuDeviceGetName(char*, int, CUdevice).
     let (init, get, name) = unsafe {
         (
             driver.get::<unsafe extern "C" fn(u32) -> c_int>(c"cuInit").ok()?,
@@ -182,7 +182,7 @@ fn gpu_name(ordinal: i32) -> Option<String> {
     };
     let mut device: c_int = 0;
     let mut buffer = [0 as c_char; 256];
-    // SAFETY: the driver API's documented signatures; the buffer's length is passed with it.
+    // SAFETY: the functions as declared above; the buffer's length is passed with it.
     unsafe {
         if init(0) != 0 || get(&mut device, ordinal) != 0 || name(buffer.as_mut_ptr(), 256, device) != 0 {
             return None;
