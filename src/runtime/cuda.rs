@@ -12,9 +12,9 @@ use super::library::{glob_dirs, python_site_dirs};
 
 /// The NVIDIA driver's library; never in a Python package.
 #[cfg(not(windows))]
-const DRIVER: &str = "libcuda.so.1";
+pub(crate) const DRIVER: &str = "libcuda.so.1";
 #[cfg(windows)]
-const DRIVER: &str = "nvcuda.dll";
+pub(crate) const DRIVER: &str = "nvcuda.dll";
 
 /// What the providers load, dependencies first, each with the PyPI package that carries it. Their own
 /// dependencies (cuDNN's sub-libraries, cuBLASLt for cuBLAS) are found through their `$ORIGIN` run paths.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
+use super::cuda::DRIVER;
+
 /// The shapes one graph's inputs take in dpir: for each input, its smallest, usual and largest dimensions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Profile {
@@ -152,13 +154,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The NVIDIA driver's and TensorRT's libraries.
-#[cfg(not(windows))]
-const DRIVER: &str = "libcuda.so.1";
+/// TensorRT's library.
 #[cfg(not(windows))]
 const NVINFER: &str = "libnvinfer.so.10";
-#[cfg(windows)]
-const DRIVER: &str = "nvcuda.dll";
 #[cfg(windows)]
 const NVINFER: &str = "nvinfer_10.dll";
 
