@@ -29,15 +29,12 @@
 
 #include "openfx.h"
 
-#ifdef _WIN32
-#include <windows.h>
-#endif
-
 #if DPIR_ABI_VERSION != 0
 #error "dpir_ofx.c is written against dpir ABI version 0"
 #endif
 
 #ifdef _WIN32
+#include <windows.h>
 #define EXPORT __declspec(dllexport)
 #define DEFAULT_PLACE "%LOCALAPPDATA%\\dpir\\model"
 #else
@@ -1197,15 +1194,14 @@ done:
 
 /* ---- The action dispatcher ---- */
 
-static OfxPlugin plugin;
-
 /* ONNX Runtime's threads and libdpir's thread-locals can outlive a host's unloading of the plug-in: it stays mapped
- * until the host exits (on Linux, the -z nodelete of plugins/ofx/build.sh does this). */
+ * until the host exits (on Linux, the -z nodelete of plugins/ofx/build.sh does this). The module is found by an
+ * address inside it, any of its statics. */
 static void stay_loaded(void) {
 #ifdef _WIN32
     HMODULE self;
     GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_PIN,
-                       (LPCWSTR)(const void *)&plugin, &self);
+                       (LPCWSTR)(const void *)&suites_storage, &self);
 #endif
 }
 
