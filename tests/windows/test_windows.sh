@@ -28,8 +28,7 @@ app=$scratch/dpir-$version-windows-x64
 echo "-- dpir.dll exports exactly the functions of dpir.h (lib/dpir.def); dpir.ofx only the OpenFX entry points"
 diff <(sed -n 's/^    \(dpir_[a-z_]*\)$/\1/p' "$app/lib/dpir.def" | sort) \
     <(sed -n 's/^[a-z].*[ *]\(dpir_[a-z_]*\)(.*/\1/p' include/dpir.h | sort)
-diff <(x86_64-w64-mingw32-objdump -p "$app/OFX/dpir.ofx.bundle/Contents/Win64/dpir.ofx" |
-    sed -n '/^\[Ordinal\/Name Pointer\] Table/,/^$/s/^\s*\[ *[0-9]*\] \(.*\)$/\1/p') \
+diff <(bash tools/windows/exports.sh "$app/OFX/dpir.ofx.bundle/Contents/Win64/dpir.ofx") \
     <(printf 'OfxGetNumberOfPlugins\nOfxGetPlugin\n')
 echo "dpir.dll: $(grep -c '^    dpir_' "$app/lib/dpir.def") functions; dpir.ofx: OfxGetNumberOfPlugins, OfxGetPlugin"
 

@@ -44,8 +44,7 @@ cp "$target/libdpir.dll.a" "$stage/lib/"
 {
     echo "LIBRARY dpir.dll"
     echo "EXPORTS"
-    x86_64-w64-mingw32-objdump -p "$stage/dpir.dll" |
-        sed -n '/^\[Ordinal\/Name Pointer\] Table/,/^$/s/^\s*\[ *[0-9]*\] \(.*\)$/    \1/p'
+    bash tools/windows/exports.sh "$stage/dpir.dll" | sed 's/^/    /'
 } >"$stage/lib/dpir.def"
 llvm-dlltool-14 -m i386:x86-64 -d "$stage/lib/dpir.def" -D dpir.dll -l "$stage/lib/dpir.lib"
 
