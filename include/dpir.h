@@ -978,8 +978,8 @@ const char *dpir_status_string(int32_t status);
 
 /**
  * The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
- * (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists. Host plug-ins call this so that every dpir
- * program finds the same model.
+ * (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists.
+ * Host plug-ins call this so that every dpir program finds the same model.
  *
  * Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
  * into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the
@@ -988,8 +988,7 @@ const char *dpir_status_string(int32_t status);
  * # Safety
  * `path` must be NULL or point to `capacity` writable bytes.
  */
-size_t dpir_default_model_dir(char *path,
-                              size_t capacity);
+size_t dpir_default_model_dir(char *path, size_t capacity);
 
 /**
  * The detailed message of the last failed dpir call on the calling thread, e.g. "source: invalid image: row

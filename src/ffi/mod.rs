@@ -407,8 +407,8 @@ pub extern "C" fn dpir_status_string(status: i32) -> *const c_char {
 }
 
 /// The model bundle folder to use when none is named: `$DPIR_MODEL` when set, else `$XDG_DATA_HOME/dpir/model`
-/// (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists. Host plug-ins call this so that every dpir
-/// program finds the same model.
+/// (by default `~/.local/share/dpir/model`; on Windows `%LOCALAPPDATA%\dpir\model`) when that folder exists.
+/// Host plug-ins call this so that every dpir program finds the same model.
 ///
 /// Returns the path's length in bytes (without the NUL), 0 when there is none. The path is written, NUL-terminated,
 /// into `path` only when it fits (`capacity` > length); otherwise `path` gets "" (when `capacity` > 0) and the

@@ -223,8 +223,9 @@ static void test_bundles(void) {
     set_env("DPIR_MODEL", NULL);
     set_env(DATA_HOME, NO_SUCH_DATA);
     EXPECT(DPIR_STATUS_BUNDLE, dpir_bundle_open("", &bundle));
-    CHECK(bundle == NULL && strstr(dpir_last_error_message(),
-                                   NO_SUCH_DATA SEP "dpir" SEP "model: no model here and DPIR_MODEL is not set") != NULL);
+    CHECK(bundle == NULL &&
+          strstr(dpir_last_error_message(),
+                 NO_SUCH_DATA SEP "dpir" SEP "model: no model here and DPIR_MODEL is not set") != NULL);
     set_env(DATA_HOME, NULL);
 #ifdef _WIN32
     /* Paths are UTF-8 on Windows: a path in the ANSI code page (here "café" in Windows-1252) is refused, named. */

@@ -3,9 +3,9 @@
  *
  *   ofx_host [OPTIONS] BUNDLE.ofx.bundle PLUGIN_ID CHECK [PARAM=VALUE ...]
  *
- * It loads any OFX bundle (Contents/Linux-x86-64 with dlopen, Contents/Win64 on Windows), implements the host side (property, image effect, parameter, memory,
- * multithread, message and progress suites), runs Load, Describe, DescribeInContext (Filter), CreateInstance, and
- * then one CHECK:
+ * It loads any OFX bundle (Contents/Linux-x86-64 with dlopen, Contents/Win64 on Windows), implements the host
+ * side (property, image effect, parameter, memory, multithread, message and progress suites), runs Load, Describe,
+ * DescribeInContext (Filter), CreateInstance, and then one CHECK:
  *
  *   describe  print what the plug-in declares; require the Filter context, Source and Output clips.
  *   tiles     for each render scale, render the whole frame, then a grid of tiles for each tile size, rowBytes
