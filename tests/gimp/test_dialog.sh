@@ -28,16 +28,21 @@ in_chroot() {
 }
 x() { in_chroot DISPLAY=$display xdotool "$@"; }
 shot() { $py tests/gimp/check.py screenshot "$work/fb/Xvfb_screen0" "$shots/$1.png"; }
-fail() {
+fail() { # on stderr, so that it shows from inside $(...) too
     shot failure || true
-    echo "  FAILED  $*"
-    grep -v "Gdk-CRITICAL\|^$" "$work/gimp-ui.log" | tail -n 20 | sed 's/^/    /'
+    {
+        echo "  FAILED  $*"
+        grep -v "Gdk-CRITICAL\|^$" "$work/gimp-ui.log" | tail -n 20 | sed 's/^/    /'
+    } >&2
     exit 1
 }
-# The visible window whose title contains TEXT.
+# The visible window whose title contains TEXT. A search fails outright when a window it lists is destroyed
+# before it is read (a dialog closing): it is asked again, since the image window is always there to be found.
 window() {
-    in_chroot DISPLAY=$display sh -c 'for w in $(xdotool search --onlyvisible --name . 2>/dev/null); do
-        case "$(xdotool getwindowname "$w" 2>/dev/null)" in *"$1"*) echo "$w"; exit 0 ;; esac; done; exit 1' sh "$1"
+    in_chroot DISPLAY=$display sh -c 'for _ in 1 2 3 4 5 6 7 8 9 10; do
+            ids=$(xdotool search --onlyvisible --name . 2>/dev/null) && break; sleep 0.1; done
+        for w in $ids; do
+            case "$(xdotool getwindowname "$w" 2>/dev/null)" in *"$1"*) echo "$w"; exit 0 ;; esac; done; exit 1' sh "$1"
 }
 wait_window() { # TEXT [SECONDS]: the window's id, once it shows
     for _ in $(seq $((${2:-30} * 5))); do window "$1" && return 0; sleep 0.2; done
@@ -47,7 +52,7 @@ wait_closed() { # TEXT [SECONDS]
     for _ in $(seq $((${2:-30} * 5))); do window "$1" >/dev/null || return 0; sleep 0.2; done
     fail "the window titled \"$1\" stayed open"
 }
-image_title() { x getwindowname "$(window "[rgb]")"; }
+image_title() { x getwindowname "$image"; }
 plug_in_running() { pgrep -f "$in/profile/plug-ins/dpir-restore/dpir-restore" >/dev/null; }
 remember() { # VALUES...: what GIMP remembers of the last run, one "(name value)" per argument
     { echo "# settings"; printf '%s\n' "$@"; echo "# end of settings"; } >"$last"
@@ -59,7 +64,7 @@ remembered_model() { # FOLDER (GIMP writes a URI of its own form)
 
 # Filters > Enhance > DPIR Restore..., with the mouse on the menu bar and the keyboard in the menus.
 open_dialog() {
-    x windowactivate --sync "$(window "[rgb]")"
+    x windowactivate --sync "$image"
     x mousemove "${filters_menu[@]}"
     sleep 0.3
     x click 1
@@ -79,7 +84,7 @@ in_chroot matchbox-window-manager -display $display -use_titlebar no >/dev/null 
 echo "(show-welcome-dialog no)" >>"$work/profile/gimprc"
 in_chroot HOME="$in/home" GIMP3_DIRECTORY="$in/profile" DISPLAY=$display DPIR_MODEL="$in/bundles/tiny" \
     gimp-3 --no-splash "$in/rgb.png" >"$work/gimp-ui.log" 2>&1 &
-wait_window "[rgb]" 120 >/dev/null
+image=$(wait_window "[rgb]" 120) # the image window, GIMP's main window here
 sleep 2
 filters_menu=(426 12) # the Filters menu of the maximised image window
 shot gimp
