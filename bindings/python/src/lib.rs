@@ -54,7 +54,7 @@ impl Restorer {
     #[pyo3(signature = (model, provider, threads, onnxruntime, gpu_memory_limit, max_memory))]
     fn new(
         py: Python<'_>,
-        model: PathBuf,
+        model: Option<PathBuf>,
         provider: &str,
         threads: usize,
         onnxruntime: Option<PathBuf>,
@@ -68,7 +68,15 @@ impl Restorer {
         options.onnxruntime_library = onnxruntime;
         options.gpu_memory_limit = gpu_memory_limit;
         options.memory_budget = max_memory;
-        let loaded = py.detach(|| dpir::Restorer::load(&model, &options)).map_err(|e| error(py, e))?;
+        let load = || {
+            // No model named: dpir's default, or the crate's error naming where it looked.
+            let model = match model {
+                Some(model) => model,
+                None => dpir::BundleInfo::find(None)?.dir,
+            };
+            dpir::Restorer::load(&model, &options)
+        };
+        let loaded = py.detach(load).map_err(|e| error(py, e))?;
         Ok(Restorer { inner: Arc::new(loaded) })
     }
 
@@ -464,6 +472,12 @@ fn paper_size(width: usize, height: usize) -> (usize, usize) {
     dpir::paper_size(width, height)
 }
 
+/// The model bundle dpir uses when none is named (`dpir::default_model_dir`), if any.
+#[pyfunction]
+fn default_model() -> Option<PathBuf> {
+    dpir::default_model_dir()
+}
+
 fn choice(name: &str, value: &str, expected: &str) -> PyErr {
     PyValueError::new_err(format!("{name} must be {expected}, got {value:?}"))
 }
@@ -474,6 +488,8 @@ fn _dpir(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CancelFlag>()?;
     m.add_class::<ProgressReport>()?;
     m.add_function(wrap_pyfunction!(paper_size, m)?)?;
+    m.add_function(wrap_pyfunction!(default_model, m)?)?;
+    m.add("ONNXRUNTIME_LIBRARY_NAMES", dpir::ONNXRUNTIME_LIBRARY_NAMES.to_vec())?;
     m.add("Error", m.py().get_type::<Error>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -2,6 +2,7 @@
 the tiny model (the same numbers as the CLI). Run by tools/test.sh after installing the wheel it builds."""
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -113,6 +114,21 @@ def test_defaults_and_info(tiny):
     assert tiny.onnxruntime.name.startswith("libonnxruntime.so")
     assert tiny.output_size(100, 50, 2.0) == (200, 100)
     assert tiny.requirements(100, 50, scale=2)["output_size"] == (200, 100)
+
+
+def test_the_default_model_is_the_one_dpir_looks_for(oracle, tmp_path, monkeypatch):
+    monkeypatch.delenv("DPIR_MODEL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    place = tmp_path / "dpir" / "model"
+    assert dpir.default_model() is None
+    with pytest.raises(dpir.Error) as raised:
+        dpir.Restorer(threads=1)
+    assert raised.value.kind == "bundle" and str(place) in str(raised.value)
+    shutil.copytree(BUNDLES / "oracle", place)
+    assert dpir.default_model() == place
+    assert dpir.Restorer(threads=1).manifest == oracle.manifest
+    monkeypatch.setenv("DPIR_MODEL", str(BUNDLES / "tiny"))
+    assert dpir.default_model() == BUNDLES / "tiny"
 
 
 def test_a_memory_budget(tiny):

@@ -37,20 +37,18 @@ def onnxruntime_library() -> Optional[Path]:
         if spec is None or not spec.submodule_search_locations:
             continue
         for folder in spec.submodule_search_locations:
-            found = sorted((Path(folder) / "capi").glob("libonnxruntime.so*"))
-            if found:
-                return found[0]
+            for name in _dpir.ONNXRUNTIME_LIBRARY_NAMES:  # and a Linux wheel's versioned name, libonnxruntime.so.1.x
+                found = sorted((Path(folder) / "capi").glob(name + "*"))
+                if found:
+                    return found[0]
     return None
 
 
 def default_model() -> Optional[Path]:
-    """The model bundle dpir uses without one named: $DPIR_MODEL, else $XDG_DATA_HOME/dpir/model (by default
-    ~/.local/share/dpir/model) when it exists."""
-    if os.environ.get("DPIR_MODEL"):
-        return Path(os.environ["DPIR_MODEL"]).expanduser()
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
-    folder = data / "dpir" / "model"
-    return folder if folder.is_dir() else None
+    """The model bundle dpir uses without one named: $DPIR_MODEL, else the per-user folder when it exists,
+    $XDG_DATA_HOME/dpir/model (by default ~/.local/share/dpir/model), on Windows %LOCALAPPDATA%\\dpir\\model."""
+    folder = _dpir.default_model()
+    return None if folder is None else Path(folder).expanduser()
 
 
 class Restorer:
@@ -78,15 +76,11 @@ class Restorer:
         max_memory: Optional[int] = None,
     ) -> None:
         if model is None:
-            model = default_model()
-            if model is None:
-                missing = Error("no model: pass one, set DPIR_MODEL, or put a bundle in ~/.local/share/dpir/model")
-                missing.kind = "bundle"
-                raise missing
+            model = default_model()  # None: the native side raises an Error naming where it looked
         if onnxruntime is None and not (os.environ.get("DPIR_ORT_LIB") or os.environ.get("ORT_DYLIB_PATH")):
             onnxruntime = onnxruntime_library()
         self._native = _dpir.Restorer(
-            Path(model).expanduser(),
+            None if model is None else Path(model).expanduser(),
             provider,
             threads,
             None if onnxruntime is None else Path(onnxruntime),
