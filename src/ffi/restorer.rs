@@ -3,12 +3,11 @@
 
 use std::ffi::{c_char, CString};
 
-use super::c_string;
-
 use super::options::{dpir_execution_provider, dpir_load_options, dpir_restore_options, restore_options};
 use super::pixels::{dpir_pixels, Described};
 use super::{
-    call, call_quietly, dpir_status, init_struct, non_null, put, read_struct, write_struct, Failure, Outcome, Versioned,
+    c_string, call, call_quietly, dpir_status, init_struct, non_null, put, read_struct, write_struct, Failure, Outcome,
+    Versioned,
 };
 use crate::{ExecutionProvider, Rect, Region, Restorer};
 

@@ -106,8 +106,7 @@ run "$app/msvc_link.exe"
 echo "the MSVC-linked program found dpir.dll and read its version"
 
 echo "-- the OpenFX conformance host on the zip's Win64 bundle (its own onnxruntime.dll beside dpir.ofx)"
-x86_64-w64-mingw32-gcc -std=c11 -O1 -Wall -Wextra -Werror tests/ofx/host.c -o "$scratch/ofx_host.exe" -static \
-    -lpthread -lm
+mingw -std=c11 -O1 -Wall -Wextra -Werror tests/ofx/host.c -o "$scratch/ofx_host.exe"
 bundle=$app/OFX/dpir.ofx.bundle
 id=org.dpir.Restore
 run "$scratch/ofx_host.exe" --frame 192x144 --tiles 80x56 "$bundle" $id tiles model=tests/fixtures/bundles/tiny \
